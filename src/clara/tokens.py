@@ -1,0 +1,148 @@
+"""Special tokens and every prompt template, in one readable place.
+
+Token ids are added in Apple's order, ``<MEM0> .. <MEM{n-1}>, <AE>, <ENC>, <SEP>``, so
+Apple's resized embedding rows map onto ours one to one.
+
+Compressor input (documents and, under the query-reasoner adapter, questions)::
+
+    <ENC> bos document eos <MEM0> ... <MEM{n-1}>
+
+The memory tokens come *after* the text so that, under causal attention, each one
+sees all of it. Generator prompts hold one placeholder run ``<MEM0>..<MEM{n-1}><SEP>``
+per document; the model overwrites those rows of ``inputs_embeds`` with memory states.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+AE, ENC, SEP = "<AE>", "<ENC>", "<SEP>"
+
+QA_SYSTEM = (
+    "You are a helpful assistant. Your task is to extract relevant information from provided "
+    "documents and to answer to questions as briefly as possible."
+)
+
+#: The instruction after the background, per generator task. ``answer`` is the RAG task;
+#: the others are stage-1 (SCP) pretraining tasks over a single document.
+TASK_INSTRUCTIONS = {
+    "qa": "Write questions about the background and answer them.",
+    "paraphrase": "Paraphrase the background.",
+    "reconstruct": "Repeat the background word for word.",
+}
+TASKS = ("answer", *TASK_INSTRUCTIONS)
+
+
+def mem_token(i: int) -> str:
+    return f"<MEM{i}>"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the tokens CLaRa adds to a tokenizer; they are contiguous from ``first_new``."""
+
+    mem: tuple[int, ...]
+    ae: int
+    enc: int
+    sep: int
+
+    @property
+    def first_new(self) -> int:
+        return self.mem[0]
+
+    @property
+    def n_new(self) -> int:
+        return len(self.mem) + 3
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase, n_mem: int) -> SpecialTokens:
+    """Add the memory and control tokens (idempotent) and set left padding."""
+    names = [mem_token(i) for i in range(n_mem)] + [AE, ENC, SEP]
+    tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise ValueError(
+            "CLaRa's special tokens must get contiguous new ids; the tokenizer already holds some of "
+            f"{names[0]}..{names[-1]} out of order"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.bos_token
+    tokenizer.padding_side = "left"
+    return SpecialTokens(mem=tuple(ids[:n_mem]), ae=ids[n_mem], enc=ids[n_mem + 1], sep=ids[n_mem + 2])
+
+
+def check_texts(texts: object, what: str) -> list[str]:
+    """Validate a batch of input strings: a non-empty list of non-empty strings."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, not a single string (wrap it in a list)")
+    texts = list(texts)  # type: ignore[call-overload]
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] must be a string, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{what}[{i}] is empty; empty texts cannot be compressed")
+    return texts
+
+
+def compressor_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_len: int, special: SpecialTokens
+) -> tuple[list[list[int]], int]:
+    """Token ids of the compressor input for each text, and how many texts were truncated."""
+    bodies = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    head = [special.enc] + ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    truncated = sum(len(b) > max_len for b in bodies)
+    return [head + b[:max_len] + tail + list(special.mem) for b in bodies], truncated
+
+
+def placeholders(n_docs: int, n_mem: int) -> str:
+    """One ``<MEM0>..<MEM{n-1}><SEP>`` run per document."""
+    run = "".join(mem_token(i) for i in range(n_mem)) + SEP
+    return "".join(run for _ in range(n_docs))
+
+
+def chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> str:
+    """Render a system+user turn with the backbone's chat template, ready for the answer.
+
+    Templates that reject the system role (Gemma, Mistral v0.2) get the system text
+    folded into the user turn; tokenizers without any template get a plain layout.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{system}\n\n{user}\n\nAnswer: "
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception:  # jinja raises TemplateError("System role not supported") and similar
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{system}\n\n{user}"}], tokenize=False, add_generation_prompt=True
+        )
+
+
+def build_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    n_docs: int,
+    n_mem: int,
+    question: str | None = None,
+) -> str:
+    """The generator prompt for a task, with memory placeholders for ``n_docs`` documents.
+
+    ``answer`` is Apple's QA prompt exactly (no space after ``Question:``), so Apple's
+    checkpoints and ours read the same layout.
+    """
+    background = f"Background:\n{placeholders(n_docs, n_mem)}"
+    if task == "answer":
+        if question is None:
+            raise ValueError("the 'answer' task needs a question")
+        return chat(tokenizer, QA_SYSTEM, f"{background}\n\nQuestion:{question}")
+    if task not in TASK_INSTRUCTIONS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return chat(tokenizer, QA_SYSTEM, f"{background}\n\n{TASK_INSTRUCTIONS[task]}")

@@ -1,0 +1,190 @@
+"""ClaraModel on tiny random backbones of llama, mistral, qwen2 and gemma3 configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clara import ClaraModel
+from clara.checkpoint import CheckpointError
+from clara.model import ADAPTERS
+
+from .conftest import DOCS, perturb_lora, tiny_config
+
+
+def test_shapes(arch_model: ClaraModel):
+    n_mem, h = arch_model.config.n_mem, arch_model.hidden_size
+    with torch.no_grad():
+        d = arch_model.compress(DOCS)
+        q = arch_model.encode_query(["Where is the Eiffel Tower?", "Who edits Thrasher?"])
+    assert d.shape == (3, n_mem, h) and q.shape == (2, n_mem, h)
+    s = arch_model.score(q, d)
+    assert s.shape == (2, 3)
+    assert torch.all(s <= 1 + 1e-5) and torch.all(s >= -1 - 1e-5)
+    # the query reasoner and the compressor are different adapters: different states
+    with torch.no_grad():
+        q_as_doc = arch_model.compress(["Where is the Eiffel Tower?"])
+    assert not torch.allclose(q[:1], q_as_doc, atol=1e-4)
+
+
+def test_padding_invariance(arch_model: ClaraModel):
+    """A document compressed alone equals it compressed inside a left-padded batch."""
+    with torch.no_grad():
+        alone = arch_model.compress([DOCS[2]])
+        batch = arch_model.compress(DOCS)
+    torch.testing.assert_close(batch[2:3], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_placeholders_replaced_exactly(arch_model: ClaraModel):
+    n_mem, h = arch_model.config.n_mem, arch_model.hidden_size
+    states = [torch.randn(2, n_mem, h), torch.randn(1, n_mem, h)]
+    prompts = arch_model.answer_prompts(["q one?", "a longer second question here?"], [2, 1])
+    ids = arch_model._tokenize_prompts(prompts)
+    embeds, mask, input_ids = arch_model._inputs(ids, states)
+    plain = arch_model.embed(input_ids)
+    slots = torch.isin(input_ids, torch.tensor(arch_model.special.mem))
+    assert slots.sum().item() == 3 * n_mem
+    # memory slots hold exactly the states, in document order ...
+    torch.testing.assert_close(embeds[0][slots[0]], states[0].reshape(-1, h))
+    torch.testing.assert_close(embeds[1][slots[1]], states[1].reshape(-1, h))
+    # ... and every other row is the ordinary token embedding
+    torch.testing.assert_close(embeds[~slots], plain[~slots])
+
+
+def test_generate_batched_and_padding_invariant(arch_model: ClaraModel):
+    with torch.no_grad():
+        d = arch_model.compress(DOCS)
+    qs = ["Where is the tower?", "What does photosynthesis make from light energy in plants?"]
+    both = arch_model.generate(qs, [d[1:2], d[[2, 0]]], max_new_tokens=6)
+    alone = arch_model.generate(qs[:1], [d[1:2]], max_new_tokens=6)
+    assert len(both) == 2 and all(isinstance(a, str) for a in both)
+    assert both[0] == alone[0]
+    # sampling works and is seeded by torch
+    torch.manual_seed(0)
+    s1 = arch_model.generate(qs, [d[:1], d[:1]], max_new_tokens=5, do_sample=True, temperature=1.5)
+    torch.manual_seed(0)
+    s2 = arch_model.generate(qs, [d[:1], d[:1]], max_new_tokens=5, do_sample=True, temperature=1.5)
+    assert s1 == s2
+
+
+def test_generate_zero_documents(arch_model: ClaraModel):
+    h, n = arch_model.hidden_size, arch_model.config.n_mem
+    out = arch_model.generate(["Who?"], [torch.zeros(0, n, h)], max_new_tokens=3)
+    assert len(out) == 1
+
+
+def test_only_lora_and_memory_rows_trainable(arch_model: ClaraModel):
+    trainable = [n for n, p in arch_model.named_parameters() if p.requires_grad]
+    assert "mem_rows" in trainable
+    assert all(n == "mem_rows" or "lora_" in n for n in trainable)
+    for a in ADAPTERS:
+        assert any(f".{a}." in n for n in trainable)
+    # the backbone is frozen, including the embedding matrix
+    assert not arch_model.lm.get_input_embeddings().weight.requires_grad
+
+
+def test_adapter_switch_keeps_grad_flags(arch_model: ClaraModel):
+    before = {n: p.requires_grad for n, p in arch_model.named_parameters()}
+    with arch_model.adapter("generator"):
+        pass
+    with arch_model.adapter(None):
+        pass
+    assert before == {n: p.requires_grad for n, p in arch_model.named_parameters()}
+
+
+def test_gradients_reach_compressor_and_generator(arch_model: ClaraModel):
+    arch_model.set_trainable(("compressor", "generator"), mem_rows=True)
+    states = arch_model.compress(DOCS[:2])
+    prompts = arch_model.answer_prompts(["Where?", "Who?"], [1, 1])
+    loss = arch_model.generator_loss(prompts, ["Paris", "Jake Phelps"], [states[:1], states[1:]])
+    loss.backward()
+    grads = {n: p.grad for n, p in arch_model.named_parameters() if p.requires_grad}
+    for a in ("compressor", "generator"):
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if f".{a}." in n), a
+    assert grads["mem_rows"] is not None and grads["mem_rows"].abs().sum() > 0
+    assert all(p.grad is None for n, p in arch_model.named_parameters() if ".query_reasoner." in n)
+
+
+def test_generator_loss_per_example_matches_mean(arch_model: ClaraModel):
+    with torch.no_grad():
+        states = arch_model.compress(DOCS[:2])
+        prompts = arch_model.answer_prompts(["Where?", "Who is it?"], [1, 1])
+        per = arch_model.generator_loss(prompts, ["Paris", "Jake"], [states[:1], states[1:]], per_example=True)
+        one = arch_model.generator_loss(prompts[:1], ["Paris"], [states[:1]])
+    assert per.shape == (2,)
+    torch.testing.assert_close(per[0], one, atol=1e-5, rtol=1e-4)
+
+
+def test_save_load_round_trip(arch_model: ClaraModel, tmp_path):
+    arch_model.eval()
+    with torch.no_grad():
+        d = arch_model.compress(DOCS)
+        q = arch_model.encode_query(["Where is the tower?"])
+    answers = arch_model.generate(["Where is the tower?"], [d[1:2]], max_new_tokens=5)
+    arch_model.save_pretrained(tmp_path / "ckpt")
+    loaded = ClaraModel.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.compress(DOCS), d)
+        torch.testing.assert_close(loaded.encode_query(["Where is the tower?"]), q)
+    assert loaded.generate(["Where is the tower?"], [d[1:2]], max_new_tokens=5) == answers
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_query_reasoner_init_from_compressor(arch_model: ClaraModel):
+    arch_model.init_query_reasoner_from_compressor()
+    with torch.no_grad():
+        short = ["Paris is in France."]  # under query_max_len, so both see the same tokens
+        torch.testing.assert_close(arch_model.encode_query(short), arch_model.compress(short))
+
+
+def test_load_errors(backbones, tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        ClaraModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(CheckpointError, match="not a clara-rag checkpoint"):
+        ClaraModel.from_pretrained(tmp_path)
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="different backbone"):
+        ClaraModel.from_pretrained(tmp_path / "ckpt", backbone=str(backbones["mistral"]))
+
+
+def test_bad_inputs(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    n, h = model.config.n_mem, model.hidden_size
+    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+        model.compress(["fine", "   "])
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
+        model.compress([3])
+    with pytest.raises(TypeError, match="single string"):
+        model.compress("a document")
+    with pytest.raises(ValueError, match="2 prompts"):
+        model.generate(["a?", "b?"], [torch.zeros(1, n, h)])
+    with pytest.raises(ValueError, match=r"must be a tensor \(k"):
+        model.generate(["a?"], [torch.zeros(1, n + 1, h)])
+
+
+def test_long_documents_truncated_and_logged(backbones, caplog):
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
+    long_doc = " ".join(["word"] * 500)
+    with caplog.at_level("INFO", logger="clara.model"), torch.no_grad():
+        a = model.compress([long_doc])
+        b = model.compress([" ".join(["word"] * 400)])
+    assert "1 of 1 texts were longer than 32 tokens" in caplog.text
+    torch.testing.assert_close(a, b)  # both cut to the same first 32 tokens
+
+
+def test_system_role_fallback(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["gemma3"]))
+    prompt = model.answer_prompts(["Who?"], [1])[0]
+    assert "System role" not in prompt and "as briefly as possible" in prompt
+    assert prompt.startswith("<start_of_turn>user")
+
+
+def test_bfloat16(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["mistral"], dtype="bfloat16"))
+    perturb_lora(model)
+    with torch.no_grad():
+        d = model.compress(DOCS[:2])
+    assert d.dtype == torch.bfloat16
+    assert len(model.generate(["Who?"], [d[:1]], max_new_tokens=3)) == 1
