@@ -1,0 +1,9 @@
+"""CLI commands: ask_serve (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
