@@ -16,7 +16,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from clara import ClaraConfig, ClaraModel
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+import os
+
+SHARED = Path(os.environ.get("CLARA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+#: CLARA_TEST_DEVICE=cuda runs the tiny-model suite on a GPU (bf16/fp32 correctness checks)
+TEST_DEVICE = os.environ.get("CLARA_TEST_DEVICE", "cpu")
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -107,7 +111,7 @@ def backbones(tmp_path_factory, tiny_tokenizer_file) -> dict[str, Path]:
 
 def tiny_config(backbone: Path, **kw) -> ClaraConfig:
     base = dict(backbone=str(backbone), compression_ratio=8, doc_max_len=32, query_max_len=16,
-                lora_r=4, lora_alpha=8, lora_dropout=0.0, device="cpu")
+                lora_r=4, lora_alpha=8, lora_dropout=0.0, device=TEST_DEVICE)
     base.update(kw)
     return ClaraConfig(**base)
 

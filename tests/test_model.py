@@ -37,7 +37,8 @@ def test_padding_invariance(arch_model: ClaraModel):
 
 def test_placeholders_replaced_exactly(arch_model: ClaraModel):
     n_mem, h = arch_model.config.n_mem, arch_model.hidden_size
-    states = [torch.randn(2, n_mem, h), torch.randn(1, n_mem, h)]
+    dev = arch_model.device
+    states = [torch.randn(2, n_mem, h, device=dev), torch.randn(1, n_mem, h, device=dev)]
     prompts = arch_model.answer_prompts(["q one?", "a longer second question here?"], [2, 1])
     ids = arch_model._tokenize_prompts(prompts)
     embeds, mask, input_ids = arch_model._inputs(ids, states)

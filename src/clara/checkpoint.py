@@ -66,7 +66,7 @@ def _fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str
     return None
 
 
-def _atomic_folder_write(path: Path, write: Any) -> None:
+def atomic_folder_write(path: Path, write: Any) -> None:
     """Write into a temp folder beside ``path`` and swap it in, so readers never see half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
@@ -110,7 +110,7 @@ def save_checkpoint(
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    _atomic_folder_write(Path(path), write)
+    atomic_folder_write(Path(path), write)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -164,7 +164,20 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {folder} was trained on a different backbone than {config.backbone!r} ({problem})"
         )
+    load_weights(model, folder)
+    model.set_trainable(())  # a loaded checkpoint serves; training stages re-enable what they train
+    model.eval()
+    return model
+
+
+def load_weights(model: "ClaraModel", folder: str | Path) -> None:
+    """Load a checkpoint's adapters and memory rows into an already built model (in place)."""
+    from .model import ADAPTERS
+
+    folder = Path(folder)
     tensors = load_file(str(folder / WEIGHTS), device=str(model.device))
+    if "mem_rows" not in tensors:
+        raise CheckpointError(f"{folder / WEIGHTS} has no mem_rows tensor")
     with torch.no_grad():
         model.mem_rows.copy_(tensors.pop("mem_rows"))
     for name in ADAPTERS:
@@ -175,6 +188,4 @@ def load_checkpoint(
         result = set_peft_model_state_dict(model.peft, state, adapter_name=name)
         if result.unexpected_keys:
             raise CheckpointError(f"{folder / WEIGHTS}: unexpected {name} keys {result.unexpected_keys[:3]}")
-    model.set_trainable(())  # a loaded checkpoint serves; training stages re-enable what they train
-    model.eval()
-    return model
+    model._restore_grad_flags()

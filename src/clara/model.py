@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +168,14 @@ class ClaraModel(nn.Module):
                 if ".query_reasoner." in name:
                     p.copy_(params[name.replace(".query_reasoner.", ".compressor.")])
 
+    def forward(self, step: Callable[["ClaraModel", Any], Any], batch: Any) -> Any:
+        """Run a training step function on this model.
+
+        Training goes through ``model(step, batch)`` so that wrappers such as DDP (which
+        only synchronise gradients for work done inside ``forward``) see the whole step.
+        """
+        return step(self, batch)
+
     # ------------------------------------------------------------------ embedding
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> input embeddings (B, T, H); CLaRa's new tokens read ``mem_rows``."""
@@ -189,7 +197,9 @@ class ClaraModel(nn.Module):
         With ``with_text_mean`` also returns the mean final state over the text tokens
         (N, H), padding and memory positions excluded: the MSE target of SCP.
         """
-        ids, truncated = tokens.compressor_ids(self.tokenizer, texts, max_len, self.special)
+        ids, truncated = tokens.compressor_ids(
+            self.tokenizer, texts, max_len, self.special, style=self.config.prompt_style
+        )
         if truncated:
             log.info("%d of %d texts were longer than %d tokens and were truncated", truncated, len(texts), max_len)
         input_ids, mask = left_pad(ids, self.tokenizer.pad_token_id, self.device)
@@ -223,6 +233,12 @@ class ClaraModel(nn.Module):
             bar.update(len(chunk))
         bar.close()
         return torch.stack(out)
+
+    def compress_with_text_mean(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of documents: memory states (N, n_mem, H) and mean text-token states (N, H) for the MSE loss."""
+        states, text_mean = self._encode(tokens.check_texts(texts, "texts"), "compressor", self.config.doc_max_len, True)
+        assert text_mean is not None
+        return states, text_mean
 
     def compress(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """Compress documents into memory states: (N, n_mem, H).
@@ -278,19 +294,22 @@ class ClaraModel(nn.Module):
         if have != want:
             raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
         if sum(want):
-            flat = torch.cat([s.reshape(-1, s.shape[-1]) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
+            flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat * self.config.mem_scale)
         return embeds, mask, input_ids
 
     def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
 
+    def prompt(self, task: str, n_docs: int, question: str | None = None) -> str:
+        """A generator prompt (``tokens.TASKS``) in this model's prompt style, with placeholders."""
+        return tokens.build_prompt(
+            self.tokenizer, task, n_docs, self.config.n_mem, question=question, style=self.config.prompt_style
+        )
+
     def answer_prompts(self, questions: Sequence[str], n_docs: Sequence[int]) -> list[str]:
         """Generator prompts for questions reading ``n_docs[i]`` documents each."""
-        return [
-            tokens.build_prompt(self.tokenizer, "answer", k, self.config.n_mem, question=q)
-            for q, k in zip(questions, n_docs)
-        ]
+        return [self.prompt("answer", k, question=q) for q, k in zip(questions, n_docs)]
 
     def generator_loss(
         self,
@@ -299,18 +318,23 @@ class ClaraModel(nn.Module):
         doc_states: Sequence[torch.Tensor],
         per_example: bool = False,
         adapter: str | None = "generator",
+        max_target_len: int | None = None,
     ) -> torch.Tensor:
         """Next-token loss of ``targets`` after ``prompts`` reading ``doc_states`` (prompt masked).
 
         Returns the mean over target tokens, or with ``per_example`` a (B,) tensor of each
         example's mean. Only target positions go through the output head (memory-cheap).
+        Targets longer than ``max_target_len`` tokens are cut (and then get no end token).
         """
         doc_states = self._check_states(doc_states, len(prompts), "doc_states")
         if len(targets) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         prompt_ids = self._tokenize_prompts(prompts)
-        target_ids = [t + eos for t in self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+        target_ids = [
+            (t + eos)[:max_target_len] if max_target_len else t + eos
+            for t in self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+        ]
         embeds, mask, _ = self._inputs([p + t for p, t in zip(prompt_ids, target_ids)], doc_states)
         # labels[b, t] = token at t+1 when t+1 is a target token
         width = embeds.shape[1]

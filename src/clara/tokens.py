@@ -90,9 +90,16 @@ def check_texts(texts: object, what: str) -> list[str]:
 
 
 def compressor_ids(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_len: int, special: SpecialTokens
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_len: int, special: SpecialTokens, style: str = "clara"
 ) -> tuple[list[list[int]], int]:
-    """Token ids of the compressor input for each text, and how many texts were truncated."""
+    """Token ids of the compressor input for each text, and how many texts were truncated.
+
+    ``style="apple"`` gives Apple's layout (:func:`clara.apple.compressor_ids`).
+    """
+    if style == "apple":
+        from . import apple  # Apple's layouts live with the rest of the Apple compatibility code
+
+        return apple.compressor_ids(tokenizer, texts, max_len, special)
     bodies = tokenizer(texts, add_special_tokens=False)["input_ids"]
     head = [special.enc] + ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -132,12 +139,18 @@ def build_prompt(
     n_docs: int,
     n_mem: int,
     question: str | None = None,
+    style: str = "clara",
 ) -> str:
     """The generator prompt for a task, with memory placeholders for ``n_docs`` documents.
 
     ``answer`` is Apple's QA prompt exactly (no space after ``Question:``), so Apple's
-    checkpoints and ours read the same layout.
+    checkpoints and ours read the same layout. ``style="apple"`` renders Apple's prompts
+    (:func:`clara.apple.build_prompt`), including its paraphrase and QA-generation tasks.
     """
+    if style == "apple":
+        from . import apple
+
+        return apple.build_prompt(tokenizer, task, n_docs, n_mem, question=question)
     background = f"Background:\n{placeholders(n_docs, n_mem)}"
     if task == "answer":
         if question is None:

@@ -1,9 +1,218 @@
-"""CLI commands: index (being written)."""
+"""CLI commands: ``clara index build|add|stats|search|ann``."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ..data.corpus import Document
+    from ..model import ClaraModel
+
+log = logging.getLogger(__name__)
+console = Console()
+index_app = typer.Typer(help="Compress a corpus into a memory index, inspect and search it.", no_args_is_help=True)
+
+MODEL_HELP = "CLaRa checkpoint folder (default: the one recorded by the index, else the shipped default)."
+
+
+def load_model(path: Optional[str], device: str = "auto", index_dir: Optional[Path] = None) -> tuple["ClaraModel", Optional[str]]:
+    """Load ``path``; without it the checkpoint recorded in ``index_dir``'s manifest, else the shipped default.
+
+    Returns the model and the checkpoint path to record in a new index (None = default).
+    """
+    from ..checkpoint import CheckpointError
+    from ..model import ClaraModel
+
+    if path is None and index_dir is not None and (index_dir / "manifest.json").is_file():
+        recorded = json.loads((index_dir / "manifest.json").read_text()).get("model_path")
+        if recorded and Path(recorded).is_dir():
+            path = recorded
+    try:
+        model = ClaraModel.from_pretrained(path, device=device)
+    except CheckpointError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    model.eval()
+    return model, str(Path(path).resolve()) if path else None
+
+
+def fail(message: object) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def corpus_documents(model: "ClaraModel", corpus: Path, overlap: int) -> tuple[Iterator["Document"], Optional[int]]:
+    """Documents of a corpus file/folder (folders chunked to doc_max_len tokens) and their count if cheap."""
+    from ..data.corpus import read_corpus
+
+    tok = model.tokenizer
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    docs = read_corpus(corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap, count_tokens=count)
+    total = None
+    if corpus.is_file() and corpus.suffix == ".jsonl":
+        with open(corpus, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
+    return docs, total
+
+
+def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap: int) -> None:
+    from ..index import add_documents
+    from ..io import DataError
+
+    docs, total = corpus_documents(model, corpus, overlap)
+    try:
+        report = add_documents(model, index, docs, batch_size=batch_size, progress=True, total=total)
+    except DataError as e:
+        fail(e)
+    console.print(
+        f"added {report.added} documents ({report.docs_per_second:.1f} docs/s), skipped {report.skipped} "
+        f"already present; index {index.path} holds {report.total}"
+    )
+
+
+@index_app.command("build")
+def build(
+    corpus: Path = typer.Argument(..., help="Corpus: .jsonl, .json list, or a folder of .txt/.md files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create (or resume)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per compressor forward."),
+    shard_size: int = typer.Option(4096, "--shard-size", help="Documents per committed shard."),
+    int8: bool = typer.Option(False, "--int8", help="Store states as per-document int8 (half of fp16)."),
+    ann: bool = typer.Option(False, "--ann", help="Also build the approximate (FAISS) search index."),
+    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks cut from .txt/.md files."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
+) -> None:
+    """Compress CORPUS into a memory index at OUT; rerun the same command to resume a cut build."""
+    from ..index import build_ann, open_or_create
+    from ..io import DataError
+
+    clara, model_path = load_model(model, device, out)
+    try:
+        index = open_or_create(clara, out, storage="int8" if int8 else "float16", shard_size=shard_size, model_path=model_path)
+    except DataError as e:
+        fail(e)
+    _run_add(clara, index, corpus, batch_size, overlap)
+    if ann:
+        info = build_ann(index)
+        console.print(f"approximate index: {info}")
+
+
+@index_app.command("add")
+def add(
+    index_dir: Path = typer.Argument(..., help="Existing index folder."),
+    corpus: Path = typer.Argument(..., help="Documents to add (same formats as build); known ids are skipped."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per compressor forward."),
+    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks cut from .txt/.md files."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
+) -> None:
+    """Compress more documents into an existing index."""
+    from ..index import MemoryIndex
+    from ..io import DataError
+
+    try:
+        index = MemoryIndex.open(index_dir)
+        clara, _ = load_model(model, device, index_dir)
+        index.check_model(clara)
+    except DataError as e:
+        fail(e)
+    _run_add(clara, index, corpus, batch_size, overlap)
+
+
+@index_app.command("stats")
+def stats(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    verify: bool = typer.Option(False, "--verify", help="Recompute every shard checksum."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Counts, sizes and the model an index was built with."""
+    from ..index import MemoryIndex
+    from ..io import DataError
+
+    try:
+        index = MemoryIndex.open(index_dir)
+    except DataError as e:
+        fail(e)
+    info = index.stats()
+    if verify:
+        info["problems"] = index.verify()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        table = Table(show_header=False)
+        for key, value in info.items():
+            table.add_row(key, str(value))
+        console.print(table)
+    if verify and info["problems"]:
+        raise typer.Exit(1)
+
+
+@index_app.command("search")
+def search(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    query: str = typer.Argument(..., help="Question or query text."),
+    k: int = typer.Option(5, "-k", help="Documents to return."),
+    ann: bool = typer.Option(False, "--ann", help="Use the approximate (FAISS) path."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
+) -> None:
+    """Top-k documents for QUERY by cosine of memory states."""
+    from ..index import MemoryIndex, Searcher
+    from ..io import DataError
+
+    try:
+        index = MemoryIndex.open(index_dir)
+        clara, _ = load_model(model, device, index_dir)
+        index.check_model(clara)
+        searcher = Searcher(index, method="ann" if ann else "exact")
+    except DataError as e:
+        fail(e)
+    if k < 1:
+        fail("k must be >= 1")
+    q = clara.encode_query([query])
+    scores, rows = searcher.search(q, k)
+    hits = []
+    for s, r in zip(scores[0].tolist(), rows[0].tolist()):
+        if r >= 0:
+            d = index.document(r)
+            hits.append({"id": d.id, "title": d.title, "score": round(s, 6), "text": d.text})
+    if as_json:
+        typer.echo(json.dumps(hits, indent=2, ensure_ascii=False))
+        return
+    table = Table("rank", "score", "id", "title", "text")
+    for i, h in enumerate(hits, 1):
+        table.add_row(str(i), f"{h['score']:.4f}", h["id"], h["title"], h["text"][:80])
+    console.print(table)
+
+
+@index_app.command("ann")
+def ann(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    dim: int = typer.Option(256, help="Projected dimensions."),
+    nlist: int = typer.Option(0, help="IVF cells (0: about 4*sqrt(N))."),
+) -> None:
+    """(Re)build the approximate search index over every document now in the index."""
+    from ..index import AnnConfig, MemoryIndex, build_ann
+    from ..io import DataError
+
+    try:
+        info = build_ann(MemoryIndex.open(index_dir), AnnConfig(dim=dim, nlist=nlist))
+    except DataError as e:
+        fail(e)
+    console.print(f"approximate index: {info}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.add_typer(index_app, name="index")

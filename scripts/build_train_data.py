@@ -1,0 +1,53 @@
+"""Collect the training files of the shipped default into train_data/ (from ../shared/data).
+
+recon.jsonl holds passages for reconstruction rows: the 2Wiki corpus plus the candidate
+paragraphs of the QA training questions, minus every dev-split title.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from clara.data.corpus import read_corpus
+from clara.data.qa import load_qa
+from clara.train.rows import load_exclusions
+
+COPY = ["scp/clara_pretrain_qa_1k.jsonl", "hotpotqa/hotpot_dev_distractor_500.jsonl",
+        "2wikimultihopqa/dev_500.jsonl", "nq/nq_open_oracle.jsonl.gz"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=Path("train_data"))
+    ap.add_argument("--splits", type=Path, default=Path("splits/dev.json"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for rel in COPY:
+        shutil.copy(args.data / rel, args.out / Path(rel).name)
+    (args.out / "clara_pretrain_qa_1k.jsonl").rename(args.out / "scp.jsonl")
+    exclude = load_exclusions(args.splits)
+    seen, rows = set(), []
+    for doc in read_corpus(args.data / "2wikimultihopqa" / "corpus_6119.json"):
+        if doc.title not in exclude and doc.full_text() not in seen:
+            seen.add(doc.full_text())
+            rows.append({"id": f"2wiki:{doc.id}", "title": doc.title, "text": doc.text})
+    for rel in COPY[1:]:
+        for ex in load_qa(args.data / rel):
+            if ex.id in exclude:
+                continue
+            for d in ex.docs:
+                if d.title not in exclude and d.full_text() not in seen:
+                    seen.add(d.full_text())
+                    rows.append({"id": d.id, "title": d.title, "text": d.text})
+    with open(args.out / "recon.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{len(rows)} reconstruction passages; files in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

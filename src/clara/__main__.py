@@ -1,0 +1,5 @@
+"""``python -m clara`` (and ``accelerate launch -m clara``) runs the CLI."""
+
+from .cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Evaluation harness: metrics, systems (CLaRa and baselines), the runner and its reports."""

@@ -1,0 +1,101 @@
+"""Build or extend a memory index from documents: compress in batches, commit shard by shard.
+
+Resumable by construction: documents whose id is already committed are skipped, so a
+build killed at any point is completed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.corpus import Document
+from .fingerprint import model_fingerprint
+from .store import MANIFEST, MemoryIndex
+
+if TYPE_CHECKING:
+    from ..model import ClaraModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildReport:
+    """What one build or add run did."""
+
+    added: int
+    skipped: int  # already in the index (a resumed build, or an add of known ids)
+    total: int  # documents in the index afterwards
+    seconds: float
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+
+def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(docs)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def open_or_create(
+    model: "ClaraModel", out: str | Path, storage: str = "float16", shard_size: int = 4096, model_path: str | None = None
+) -> MemoryIndex:
+    """Open the index at ``out`` (checking it matches ``model``) or create an empty one."""
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        index = MemoryIndex.open(out)
+        index.check_model(model)
+        if index.storage != storage:
+            log.warning("index %s stores %s; ignoring the requested %s", out, index.storage, storage)
+        return index
+    return MemoryIndex.create(out, model_fingerprint(model), storage=storage, shard_size=shard_size, model_path=model_path)
+
+
+@torch.no_grad()
+def add_documents(
+    model: "ClaraModel",
+    index: MemoryIndex,
+    docs: Iterable[Document],
+    batch_size: int = 32,
+    progress: bool = True,
+    total: int | None = None,
+) -> BuildReport:
+    """Compress the documents not yet in ``index`` and commit them, one shard at a time.
+
+    ``docs`` is consumed lazily, one shard's worth at a time, so corpora larger than memory
+    stream through. ``total`` (if known) sizes the progress bar, which shows docs/s.
+    """
+    import time
+
+    start = time.perf_counter()
+    added = skipped = 0
+    bar = tqdm(total=total, initial=0, unit="doc", desc="compress", disable=not progress, dynamic_ncols=True)
+    for chunk in _batches(docs, int(index.manifest["shard_size"])):
+        new = [d for d in chunk if d.id not in index]
+        skipped += len(chunk) - len(new)
+        bar.update(len(chunk) - len(new))
+        if not new:
+            continue
+        texts = [d.full_text() for d in new]
+        # length-bucketed: batches of similar length pad little; rows go back to corpus order
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        states = torch.empty(len(new), index.n_mem, index.hidden_size)  # (n, n_mem, H)
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            states[rows] = model.compress([texts[i] for i in rows], batch_size=batch_size).float().cpu()
+            bar.update(len(rows))
+        index.add(new, states)
+        added += len(new)
+    bar.close()
+    seconds = time.perf_counter() - start
+    if skipped:
+        log.info("skipped %d documents already in the index", skipped)
+    return BuildReport(added=added, skipped=skipped, total=len(index), seconds=seconds)

@@ -1,0 +1,64 @@
+"""Model fingerprint recorded by an index: which checkpoint produced its memory states.
+
+States from one checkpoint are meaningless to another (different compressor, different
+query reasoner), so an index stores this fingerprint and refuses other models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..checkpoint import _fingerprint_mismatch, backbone_fingerprint
+
+if TYPE_CHECKING:
+    from ..model import ClaraModel
+
+#: Config fields that change the memory states (device, dtype and mem_scale do not change the space).
+_STATE_FIELDS = ("backbone", "compression_ratio", "doc_max_len", "query_max_len", "prompt_style")
+
+
+def adapter_hash(model: "ClaraModel") -> str:
+    """sha256 over the weights that shape memory states: compressor, query reasoner, memory rows.
+
+    Values are rounded to bfloat16 first so the same checkpoint loaded as float32, float16 or
+    bfloat16 hashes the same; the generator adapter is left out (it reads states, never writes them).
+    """
+    digest = hashlib.sha256()
+    params = dict(model.named_parameters())
+    for name in sorted(params):
+        if name == "mem_rows" or ".compressor." in name or ".query_reasoner." in name:
+            value = params[name].detach().to("cpu", torch.bfloat16).contiguous()
+            digest.update(name.encode())
+            digest.update(value.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: "ClaraModel") -> dict[str, Any]:
+    """Backbone identity + adapter hash + the config fields that define the state space."""
+    cfg = model.config
+    return {
+        "backbone": backbone_fingerprint(model),
+        "adapters_sha256": adapter_hash(model),
+        "n_mem": cfg.n_mem,
+        "hidden_size": int(model.hidden_size),
+        "config": {k: getattr(cfg, k) for k in _STATE_FIELDS},
+    }
+
+
+def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why two fingerprints differ (None when they match); the backbone path may move, weights may not."""
+    for key in ("n_mem", "hidden_size"):
+        if saved.get(key) != current.get(key):
+            return f"{key}: index has {saved.get(key)!r}, model has {current.get(key)!r}"
+    for key in ("compression_ratio", "doc_max_len", "query_max_len", "prompt_style"):
+        if saved["config"].get(key) != current["config"].get(key):
+            return f"{key}: index has {saved['config'].get(key)!r}, model has {current['config'].get(key)!r}"
+    problem = _fingerprint_mismatch(saved["backbone"], current["backbone"])
+    if problem:
+        return f"backbone differs ({problem})"
+    if saved.get("adapters_sha256") != current.get("adapters_sha256"):
+        return "adapter weights differ (index built with another checkpoint)"
+    return None

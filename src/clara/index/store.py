@@ -1,0 +1,399 @@
+"""MemoryIndex: a corpus's memory states on disk, opened memory-mapped.
+
+Layout of an index folder::
+
+    manifest.json              counts, shard list with sha256, model fingerprint, storage dtype
+    shards/00000.safetensors   "states" (n, n_mem, H) float16 or int8, "inv_norm" (n,) float32,
+                               and for int8 "scale" (n,) float32 (state = code * scale)
+    shards/00000.docs.jsonl    one line per row: {"id", "title", "text", "meta"}
+
+Writes are crash-safe by ordering: a shard's two files are written to temporary names and
+renamed into place, and only then is the manifest (atomically) rewritten to list them.
+Readers trust only the manifest, so a shard cut by a kill is never visible; the next
+writer reuses its number and overwrites it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+from ..data.corpus import Document
+from ..io import DataError, atomic_write_json, read_jsonl
+from .fingerprint import fingerprint_mismatch, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "clara-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STORAGE_DTYPES = ("float16", "int8")
+
+
+class MemoryIndexError(DataError):
+    """An index folder that cannot be used as asked (missing, corrupt, or from another model)."""
+
+
+@dataclass
+class Shard:
+    """One committed shard as the manifest records it."""
+
+    name: str  # "00000": files shards/<name>.safetensors and shards/<name>.docs.jsonl
+    count: int
+    first_row: int
+    sha256: dict[str, str] = field(default_factory=dict)  # file name -> hex digest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic_bytes(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename over ``path``: never a half-written file under that name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safetensors_memmap(path: Path) -> dict[str, np.ndarray]:
+    """Open every tensor of a safetensors file as a read-only numpy memmap (no copy, no pickle)."""
+    dtypes = {"F16": np.float16, "F32": np.float32, "I8": np.int8}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    base = 8 + header_len
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end == start:  # empty tensor: np.memmap refuses zero length
+            out[name] = np.zeros(shape, dtype=dtypes[info["dtype"]])
+            continue
+        out[name] = np.memmap(path, dtype=dtypes[info["dtype"]], mode="r", offset=base + start, shape=shape)
+    return out
+
+
+def quantize_int8(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document symmetric int8: (n, n_mem, H) float -> codes int8 and scale (n,) float32."""
+    flat = states.reshape(len(states), -1).astype(np.float32)
+    scale = np.abs(flat).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    codes = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
+    return codes.reshape(states.shape), scale.astype(np.float32)
+
+
+class MemoryIndex:
+    """Documents and their memory states (N, n_mem, H), stored in shards on disk.
+
+    Create with :meth:`create`, open with :meth:`open`; :meth:`add` appends documents with
+    their states. Search lives in :mod:`clara.index.search`.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.shards = [Shard(**s) for s in manifest["shards"]]
+        self._docs_cache: dict[str, list[Document]] = {}
+        self._arrays_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        for shard in self.shards:
+            for row, doc_id in enumerate(self._shard_ids(shard), start=shard.first_row):
+                self._row_of[doc_id] = row
+                self._ids.append(doc_id)
+        if len(self._ids) != self.count:
+            raise MemoryIndexError(f"{path}: manifest counts {self.count} documents but the shards hold {len(self._ids)}")
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        fingerprint: dict[str, Any],
+        storage: str = "float16",
+        shard_size: int = 4096,
+        model_path: str | None = None,
+    ) -> "MemoryIndex":
+        """Make an empty index folder; ``fingerprint`` comes from :func:`model_fingerprint`."""
+        if storage not in STORAGE_DTYPES:
+            raise ValueError(f"storage must be one of {STORAGE_DTYPES}, got {storage!r}")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise MemoryIndexError(f"{path} already holds an index; open it or choose another folder")
+        (path / "shards").mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "count": 0,
+            "n_mem": fingerprint["n_mem"],
+            "hidden_size": fingerprint["hidden_size"],
+            "storage": storage,
+            "shard_size": shard_size,
+            "model_fingerprint": fingerprint,
+            "model_path": model_path,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "shards": [],
+        }
+        atomic_write_json(path / MANIFEST, manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "MemoryIndex":
+        """Open an existing index folder (states stay on disk, memory-mapped)."""
+        path = Path(path)
+        file = path / MANIFEST
+        if not file.is_file():
+            raise MemoryIndexError(f"{path} is not a CLaRa index (no {MANIFEST}); build one with `clara index build`")
+        try:
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise MemoryIndexError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        if manifest.get("format") != FORMAT:
+            raise MemoryIndexError(f"{file} is not a {FORMAT} manifest")
+        if int(manifest.get("format_version", -1)) > FORMAT_VERSION:
+            raise MemoryIndexError(f"{file}: format_version {manifest['format_version']} is newer than this clara-rag reads")
+        return cls(path, manifest)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def n_mem(self) -> int:
+        return int(self.manifest["n_mem"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.manifest["hidden_size"])
+
+    @property
+    def storage(self) -> str:
+        return str(self.manifest["storage"])
+
+    @property
+    def ids(self) -> list[str]:
+        """Document ids in row order."""
+        return list(self._ids)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._row_of
+
+    def row_of(self, doc_id: str) -> int:
+        return self._row_of[doc_id]
+
+    # ------------------------------------------------------------------ model check
+    def check_model(self, model: Any) -> None:
+        """Raise MemoryIndexError if ``model`` did not produce this index's states."""
+        problem = fingerprint_mismatch(self.manifest["model_fingerprint"], model_fingerprint(model))
+        if problem:
+            built = self.manifest.get("model_path") or "an unrecorded checkpoint"
+            raise MemoryIndexError(
+                f"index {self.path} was built with a different model ({problem}); it was built with "
+                f"{built}. Load that checkpoint (--model) or rebuild the index with this one."
+            )
+
+    # ------------------------------------------------------------------ reading
+    def _shard_file(self, shard: Shard, kind: str) -> Path:
+        return self.path / "shards" / (f"{shard.name}.safetensors" if kind == "states" else f"{shard.name}.docs.jsonl")
+
+    def _shard_ids(self, shard: Shard) -> list[str]:
+        return [d.id for d in self._shard_docs(shard.name)]
+
+    def _shard_docs(self, name: str) -> list[Document]:
+        if name in self._docs_cache:
+            return self._docs_cache[name]
+        file = self.path / "shards" / f"{name}.docs.jsonl"
+        if not file.is_file():
+            raise MemoryIndexError(f"{self.path}: shard {name} listed in the manifest has no {file.name}")
+        docs = [
+            Document(id=o["id"], text=o["text"], title=o.get("title", ""), meta=o.get("meta", {}))
+            for _, o in read_jsonl(file)
+        ]
+        self._docs_cache[name] = docs
+        return docs
+
+    def _shard_arrays(self, name: str) -> dict[str, np.ndarray]:
+        if name in self._arrays_cache:
+            return self._arrays_cache[name]
+        file = self.path / "shards" / f"{name}.safetensors"
+        if not file.is_file():
+            raise MemoryIndexError(f"{self.path}: shard {name} listed in the manifest has no {file.name}")
+        arrays = _safetensors_memmap(file)  # memmaps: pages load on demand, the OS may drop them
+        self._arrays_cache[name] = arrays
+        return arrays
+
+    def _locate(self, row: int) -> tuple[Shard, int]:
+        if not 0 <= row < self.count:
+            raise IndexError(f"row {row} out of range for an index of {self.count} documents")
+        lo, hi = 0, len(self.shards)
+        while hi - lo > 1:  # binary search over first_row
+            mid = (lo + hi) // 2
+            if self.shards[mid].first_row <= row:
+                lo = mid
+            else:
+                hi = mid
+        shard = self.shards[lo]
+        return shard, row - shard.first_row
+
+    def document(self, row: int) -> Document:
+        shard, i = self._locate(row)
+        return self._shard_docs(shard.name)[i]
+
+    def states(self, rows: Sequence[int]) -> torch.Tensor:
+        """Memory states of ``rows`` as float32 (len(rows), n_mem, H), dequantized if int8."""
+        out = torch.empty(len(rows), self.n_mem, self.hidden_size)
+        for j, row in enumerate(rows):
+            shard, i = self._locate(int(row))
+            arrays = self._shard_arrays(shard.name)
+            value = np.asarray(arrays["states"][i], dtype=np.float32)
+            if "scale" in arrays:
+                value = value * arrays["scale"][i]
+            out[j] = torch.from_numpy(value)
+        return out
+
+    def iter_blocks(self, block_rows: int = 16384) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield (first_row, flat states (n, n_mem*H) memmap view, inv_norm (n,)) in row order.
+
+        Blocks never cross a shard, and hold at most ``block_rows`` rows: search memory is bounded.
+        """
+        for shard in self.shards:
+            arrays = self._shard_arrays(shard.name)
+            flat = arrays["states"].reshape(shard.count, -1)
+            for start in range(0, shard.count, block_rows):
+                stop = min(start + block_rows, shard.count)
+                yield shard.first_row + start, flat[start:stop], arrays["inv_norm"][start:stop]
+
+    # ------------------------------------------------------------------ writing
+    def add(self, docs: Sequence[Document], states: torch.Tensor | np.ndarray) -> int:
+        """Append documents with their states (n, n_mem, H); returns the number added.
+
+        Ids must be new (duplicates in the index or in ``docs`` raise). Each call commits
+        shards of at most ``shard_size`` rows; a kill leaves the index as it was before the
+        shard being written.
+        """
+        if torch.is_tensor(states):
+            states = states.detach().to("cpu", torch.float32).numpy()
+        states = np.asarray(states, dtype=np.float32)
+        expect = (len(docs), self.n_mem, self.hidden_size)
+        if states.shape != expect:
+            raise ValueError(f"states must have shape {expect}, got {states.shape}")
+        seen: set[str] = set()
+        for d in docs:
+            if d.id in self._row_of or d.id in seen:
+                raise MemoryIndexError(f"document id {d.id!r} is already in the index {self.path}")
+            seen.add(d.id)
+        size = int(self.manifest["shard_size"])
+        for start in range(0, len(docs), size):
+            self._commit_shard(list(docs[start : start + size]), states[start : start + size])
+        return len(docs)
+
+    def _commit_shard(self, docs: list[Document], states: np.ndarray) -> None:
+        name = f"{len(self.shards):05d}"
+        if self.storage == "int8":
+            codes, scale = quantize_int8(states)
+            tensors = {"states": codes, "scale": scale}
+            norm = np.linalg.norm(codes.reshape(len(docs), -1).astype(np.float32), axis=1)
+        else:
+            fp16 = states.astype(np.float16)
+            tensors = {"states": fp16}
+            # norms of the stored (rounded) values, so exact search scores what is on disk
+            norm = np.linalg.norm(fp16.reshape(len(docs), -1).astype(np.float32), axis=1)
+        tensors["inv_norm"] = (1.0 / np.maximum(norm, 1e-12)).astype(np.float32)
+        folder = self.path / "shards"
+        docs_file, states_file = folder / f"{name}.docs.jsonl", folder / f"{name}.safetensors"
+
+        def write_docs(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for d in docs:
+                    row = {"id": d.id, "title": d.title, "text": d.text, "meta": d.meta}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        _write_atomic_bytes(docs_file, write_docs)
+        _write_atomic_bytes(states_file, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+        shard = Shard(
+            name=name,
+            count=len(docs),
+            first_row=self.count,
+            sha256={docs_file.name: _sha256(docs_file), states_file.name: _sha256(states_file)},
+        )
+        manifest = dict(self.manifest)
+        manifest["shards"] = [*self.manifest["shards"], shard.__dict__]
+        manifest["count"] = self.count + len(docs)
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
+        self.manifest = manifest
+        self.shards.append(shard)
+        for row, d in enumerate(docs, start=shard.first_row):
+            self._row_of[d.id] = row
+            self._ids.append(d.id)
+
+    # ------------------------------------------------------------------ checks
+    def verify(self) -> list[str]:
+        """Recompute every shard checksum; returns the problems found (empty when intact)."""
+        problems = []
+        for shard in self.shards:
+            for file_name, digest in shard.sha256.items():
+                file = self.path / "shards" / file_name
+                if not file.is_file():
+                    problems.append(f"{file_name}: missing")
+                elif _sha256(file) != digest:
+                    problems.append(f"{file_name}: checksum mismatch (file changed or corrupt)")
+        return problems
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes, for ``clara index stats``."""
+        state_bytes = sum(self._shard_file(s, "states").stat().st_size for s in self.shards)
+        text_bytes = sum(self._shard_file(s, "docs").stat().st_size for s in self.shards)
+        fp = self.manifest["model_fingerprint"]
+        return {
+            "path": str(self.path),
+            "documents": self.count,
+            "shards": len(self.shards),
+            "storage": self.storage,
+            "n_mem": self.n_mem,
+            "hidden_size": self.hidden_size,
+            "state_bytes": state_bytes,
+            "text_bytes": text_bytes,
+            "bytes_per_document": round(state_bytes / self.count, 1) if self.count else 0,
+            "model_path": self.manifest.get("model_path"),
+            "adapters_sha256": fp["adapters_sha256"][:16],
+            "backbone": fp["config"]["backbone"],
+            "ann": self.manifest.get("ann"),
+        }
+
+    def set_manifest_field(self, key: str, value: Any) -> None:
+        """Atomically record an extra manifest field (e.g. the approximate index's description)."""
+        manifest = dict(self.manifest)
+        manifest[key] = value
+        atomic_write_json(self.path / MANIFEST, manifest)
+        self.manifest = manifest

@@ -1,0 +1,31 @@
+"""LangChain retriever over a CLaRa memory index (needs ``langchain-core``).
+
+    retriever = ClaraRetriever(rag=ClaraRAG(model, index), k=5)
+    retriever.invoke("Who wrote Hamlet?")   # list[langchain_core.documents.Document]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document as LCDocument
+    from langchain_core.retrievers import BaseRetriever
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("clara.integrations.langchain needs langchain-core: pip install 'clara-rag[langchain]'") from e
+
+
+class ClaraRetriever(BaseRetriever):
+    """Top-k documents by CLaRa memory-state cosine; metadata holds id, title, score and the stored meta."""
+
+    rag: Any  # a clara.ClaraRAG (typed loosely: pydantic need not know torch types)
+    k: int = 5
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
+        sources = self.rag.retrieve([query], k=self.k)[0]
+        out = []
+        for s in sources:
+            meta = self.rag.index.document(self.rag.index.row_of(s.id)).meta
+            out.append(LCDocument(page_content=s.text, id=s.id, metadata={**meta, "id": s.id, "title": s.title, "score": s.score}))
+        return out

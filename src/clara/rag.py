@@ -1,0 +1,145 @@
+"""ClaraRAG: question -> query states -> top-k documents from a MemoryIndex -> answer.
+
+    rag = ClaraRAG(model, MemoryIndex.open("my-index"))
+    result = rag.ask("Who wrote Hamlet?")        # Answer(answer=..., sources=[Source(id, title, score), ...])
+
+Retrieval and generation stay in the latent space: the generator reads the retrieved
+documents' stored memory states, never their text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import torch
+
+from .data.corpus import Document
+from .index.build import BuildReport, add_documents
+from .index.search import Searcher
+from .index.store import MemoryIndex
+
+if TYPE_CHECKING:
+    from .model import ClaraModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One retrieved document."""
+
+    id: str
+    title: str
+    score: float
+    text: str = ""
+
+
+@dataclass
+class Answer:
+    """An answer with the documents it was generated from, best first."""
+
+    question: str
+    answer: str
+    sources: list[Source]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, search, generate
+
+    def to_dict(self, with_text: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not with_text:
+            for s in out["sources"]:
+                s.pop("text")
+        return out
+
+
+class ClaraRAG:
+    """Retrieval-augmented generation over a memory index with one CLaRa model.
+
+    The index must have been built by this model (its fingerprint is checked). Calls are
+    serialised by a lock, so one instance can be shared by threads (the server does).
+    """
+
+    def __init__(
+        self,
+        model: "ClaraModel",
+        index: MemoryIndex,
+        k: int = 5,
+        max_new_tokens: int = 32,
+        search: str = "exact",
+        nprobe: int = 16,
+    ) -> None:
+        index.check_model(model)
+        self.model, self.index, self.k, self.max_new_tokens = model, index, k, max_new_tokens
+        self.searcher = Searcher(index, method=search, nprobe=nprobe)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ retrieval
+    def _retrieve(self, questions: list[str], k: int) -> tuple[list[list[Source]], list[list[int]], dict[str, float]]:
+        t0 = time.perf_counter()
+        q = self.model.encode_query(questions)  # (B, n_mem, H)
+        t1 = time.perf_counter()
+        scores, rows = self.searcher.search(q, k)  # (B, k')
+        t2 = time.perf_counter()
+        sources, kept_rows = [], []
+        for b in range(len(questions)):
+            keep = [(int(r), float(s)) for r, s in zip(rows[b], scores[b]) if int(r) >= 0]
+            kept_rows.append([r for r, _ in keep])
+            docs = [self.index.document(r) for r, _ in keep]
+            sources.append([Source(d.id, d.title, round(s, 6), d.text) for d, (_, s) in zip(docs, keep)])
+        return sources, kept_rows, {"encode": t1 - t0, "search": t2 - t1}
+
+    @torch.no_grad()
+    def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Source]]:
+        """Top-k documents for each question, best first."""
+        with self._lock:
+            return self._retrieve(list(questions), k or self.k)[0]
+
+    # ------------------------------------------------------------------ answering
+    @torch.no_grad()
+    def ask_batch(
+        self, questions: Sequence[str], k: int | Sequence[int] | None = None, max_new_tokens: int | None = None
+    ) -> list[Answer]:
+        """Answer several questions with one query encoding, one search and one generate call.
+
+        ``k`` may differ per question (a list); the search runs at the largest.
+        """
+        questions = list(questions)
+        ks = [k or self.k] * len(questions) if k is None or isinstance(k, int) else [int(x) for x in k]
+        if len(ks) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(ks)} values of k")
+        if not questions:
+            return []
+        with self._lock:
+            sources, rows, timings = self._retrieve(questions, max(ks))
+            sources = [s[:kk] for s, kk in zip(sources, ks)]
+            states = [self.index.states(r[:kk]).to(self.model.device) for r, kk in zip(rows, ks)]  # (k_i, n_mem, H)
+            t0 = time.perf_counter()
+            texts = self.model.generate(questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens)
+            timings["generate"] = time.perf_counter() - t0
+        return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]
+
+    @torch.no_grad()
+    def ask(
+        self, question: str, k: int | None = None, max_new_tokens: int | None = None, streamer: object | None = None
+    ) -> Answer:
+        """Answer one question; ``streamer`` (a transformers streamer) receives tokens as they come."""
+        if streamer is None:
+            return self.ask_batch([question], k, max_new_tokens)[0]
+        with self._lock:
+            sources, rows, timings = self._retrieve([question], k or self.k)
+            states = self.index.states(rows[0]).to(self.model.device)
+            t0 = time.perf_counter()
+            text = self.model.generate(
+                [question], [states], max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer
+            )[0]
+            timings["generate"] = time.perf_counter() - t0
+        return Answer(question, text, sources[0], timings)
+
+    # ------------------------------------------------------------------ growing the index
+    def add_documents(self, docs: Iterable[Document], batch_size: int = 32) -> BuildReport:
+        """Compress and commit new documents; searchable as soon as this returns, and on disk."""
+        with self._lock:
+            return add_documents(self.model, self.index, docs, batch_size=batch_size, progress=False)

@@ -1,0 +1,101 @@
+"""TrainConfig: one dataclass for all three stages, loadable from YAML with overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("scp", "instruct", "e2e")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and data of one training stage (CLARA.md sections 3-5)."""
+
+    stage: str = field(default="scp", metadata={"help": "scp (stage 1), instruct (stage 2) or e2e (stage 3)."})
+    output_dir: str = field(default="runs/scp", metadata={"help": "Checkpoints, metrics.jsonl and the final model."})
+    init: str = field(default="", metadata={"help": "Previous stage's checkpoint folder; empty = fresh adapters on `model.backbone`."})
+    model: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClaraConfig fields for a fresh model."})
+    data: list[str] = field(default_factory=list, metadata={"help": "Training files: SCP JSONL (scp) or QA datasets (instruct, e2e)."})
+    recon_data: list[str] = field(default_factory=list, metadata={"help": "Corpora whose passages become reconstruction rows (scp)."})
+    exclude_ids: str = field(default="", metadata={"help": "JSON file of {dataset: [ids]} never trained on (the dev split)."})
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"qa": 1.0, "qa_single": 1.0, "paraphrase": 1.0, "reconstruct": 1.0},
+        metadata={"help": "Relative frequency of SCP tasks among those a row supports."},
+    )
+    max_rows: int = field(default=0, metadata={"help": "Use at most this many training rows (0 = all)."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per process per micro-batch."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    lr: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps with linear warmup."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    epochs: int = field(default=1, metadata={"help": "Passes over the data (ignored when max_steps > 0)."})
+    max_steps: int = field(default=0, metadata={"help": "Optimizer steps (0 = epochs * steps per epoch)."})
+    max_minutes: float = field(default=0.0, metadata={"help": "Stop cleanly (and save) after this many minutes (0 = no limit)."})
+    mse_weight: float = field(default=0.1, metadata={"help": "lambda of CE + lambda * MSE (scp, instruct)."})
+    max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
+    train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
+    k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
+    n_candidates: int = field(default=20, metadata={"help": "Candidate documents per question (e2e)."})
+    tau: float = field(default=1.0, metadata={"help": "Temperature of the differentiable top-k (e2e)."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order, task choice and dropout."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (accelerate autocast)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    log_every: int = field(default=10, metadata={"help": "Steps between metrics.jsonl lines."})
+    save_every: int = field(default=200, metadata={"help": "Steps between resumable checkpoints."})
+    eval_every: int = field(default=0, metadata={"help": "Steps between information-flow measurements (scp; 0 = off)."})
+    eval_rows: int = field(default=24, metadata={"help": "Held-out rows used by the information-flow measurement."})
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
+        for f in dataclasses.fields(self):  # YAML 1.1 reads `5e-4` (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value) if f.type == "float" else int(value))
+                except ValueError:
+                    raise ValueError(f"training config field {f.name!r} must be a number, got {value!r}") from None
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None, **kw: Any) -> "TrainConfig":
+        """Read a YAML file, then apply ``key=value`` overrides (values parsed as YAML)."""
+        data: dict[str, Any] = {}
+        if path:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: a training config must be a YAML mapping")
+            data.update(loaded)
+        data.update(kw)
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} must look like key=value")
+            target = data
+            *parents, leaf = key.split(".")
+            for p in parents:  # model.compression_ratio=32
+                target = target.setdefault(p, {})
+            parsed = yaml.safe_load(value)
+            if isinstance(parsed, str):  # `5e-4` is a string to YAML 1.1; a number here
+                try:
+                    parsed = float(parsed)
+                except ValueError:
+                    pass
+            target[leaf] = parsed
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

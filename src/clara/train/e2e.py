@@ -1,0 +1,84 @@
+"""Stage 3, end-to-end: the answer's loss trains the query reasoner through differentiable top-k.
+
+The compressor is frozen here, so candidate document states are computed once and cached
+on disk (``output_dir/doc_states.safetensors``, keyed by document id), unlike the
+reference code that recomputes them every step. No relevance labels are used: gradients
+reach the query reasoner only through the selection Z and the scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.qa import QAExample
+from ..model import ClaraModel
+from ..topk import differentiable_topk
+from .batch import Batch
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_candidates(examples: list[QAExample], n: int, seed: int) -> list[QAExample]:
+    """Pad each question's candidates to ``n`` with documents of other questions (easy negatives)."""
+    pool = [d for ex in examples for d in ex.docs]
+    rng = random.Random(seed)
+    for ex in examples:
+        have = {d.id for d in ex.docs}
+        while len(ex.docs) < n and len(pool) > len(have):
+            d = rng.choice(pool)
+            if d.id not in have:
+                ex.docs.append(d)
+                have.add(d.id)
+        ex.docs = ex.docs[:n] if len(ex.docs) > n else ex.docs
+    return examples
+
+
+@torch.no_grad()
+def cache_doc_states(model: ClaraModel, examples: list[QAExample], path: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Compress every candidate once (frozen compressor); reuse the file when it covers them all."""
+    ids = sorted({d.id for ex in examples for d in ex.docs})
+    if path.is_file():
+        cached = load_file(str(path))
+        if all(i in cached for i in ids):
+            log.info("using cached document states from %s", path)
+            return cached
+    texts = {d.id: d.full_text() for ex in examples for d in ex.docs}
+    was_training = model.training
+    model.eval()
+    states = model.compress([texts[i] for i in ids], batch_size=batch_size, progress=True)
+    model.train(was_training)
+    cache = {i: s.contiguous().cpu() for i, s in zip(ids, states)}
+    tmp = path.with_suffix(".tmp")
+    save_file(cache, str(tmp))
+    tmp.replace(path)
+    return cache
+
+
+def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
+    def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        exs: list[QAExample] = batch.rows
+        n = min(len(ex.docs) for ex in exs)
+        cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs]).to(model.device)  # (B, n, n_mem, H)
+        q = model.encode_query([ex.question for ex in exs])  # (B, n_mem, H)
+        qf = torch.nn.functional.normalize(q.flatten(1).float(), dim=-1)  # (B, n_mem*H)
+        df = torch.nn.functional.normalize(cand.flatten(2).float(), dim=-1)  # (B, n, n_mem*H)
+        scores = torch.einsum("bd,bnd->bn", qf, df)  # (B, n) cosine, as ClaraModel.score
+        k = min(cfg.k_docs, n)
+        z = differentiable_topk(scores, k, cfg.tau)  # (B, k, n)
+        selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
+        prompts = model.answer_prompts([ex.question for ex in exs], [k] * len(exs))
+        loss = model.generator_loss(prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len=cfg.max_target_len,
+                                     per_example=True).mean()
+        gold_hit = sum(
+            len({ex.docs[i].id for i in z[b].argmax(-1).tolist()} & set(ex.gold_ids)) / max(1, len(ex.gold_ids))
+            for b, ex in enumerate(exs)
+        ) / len(exs)
+        return loss, {"ce": loss.item(), f"recall@{k}": gold_hit}
+
+    return step

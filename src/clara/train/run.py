@@ -1,0 +1,91 @@
+"""``train(cfg)``: build the model and the stage's data, then run the shared loop."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..config import ClaraConfig
+from ..data.qa import QAExample, load_qa
+from ..model import ClaraModel
+from . import e2e, instruct, scp
+from .config import TrainConfig
+from .info_flow import info_flow
+from .loop import train_loop
+from .rows import ScpRow, describe, load_exclusions, read_reconstruction, read_scp
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: TrainConfig) -> ClaraModel:
+    """Start from the previous stage's checkpoint, or fresh adapters on a backbone."""
+    if cfg.init:
+        overrides = {k: v for k, v in cfg.model.items() if k in ("device", "dtype")}
+        return ClaraModel.from_pretrained(cfg.init, **overrides)
+    return ClaraModel.from_backbone(ClaraConfig(**cfg.model))
+
+
+def scp_data(cfg: TrainConfig, exclude: set[str]) -> tuple[list[ScpRow], list[ScpRow]]:
+    """Training rows and held-out rows (for the information-flow measure), shuffled by seed."""
+    rows: list[ScpRow] = []
+    dev: list[ScpRow] = []  # rows of the dev split: never trained on, measured for information flow
+    for path in cfg.data:
+        for r in read_scp(path):
+            (dev if r.doc_id in exclude else rows).append(r)
+    for path in cfg.recon_data:
+        rows += read_reconstruction(path, exclude)
+    if not rows:
+        raise ValueError("stage scp needs training rows: set `data` (SCP JSONL) and/or `recon_data` (corpora)")
+    random.Random(cfg.seed).shuffle(rows)
+    n_held = cfg.eval_rows if cfg.eval_every else 0
+    if dev:
+        held = [r for r in dev if r.questions][:n_held]
+    else:  # no dev split given: hold out some training rows instead
+        carved = set([i for i, r in enumerate(rows) if r.questions][:n_held])
+        held = [rows[i] for i in sorted(carved)]
+        rows = [r for i, r in enumerate(rows) if i not in carved]
+    return rows[: cfg.max_rows or None], held
+
+
+def qa_data(cfg: TrainConfig, exclude: set[str]) -> list[QAExample]:
+    examples: list[QAExample] = []
+    for path in cfg.data:
+        examples += [ex for ex in load_qa(path) if ex.id not in exclude and ex.answers and ex.docs]
+    if not examples:
+        raise ValueError(f"stage {cfg.stage} needs QA training data: set `data` to QA dataset files")
+    random.Random(cfg.seed).shuffle(examples)
+    return examples[: cfg.max_rows or None]
+
+
+def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Run one stage; the final checkpoint lands in ``cfg.output_dir/final``."""
+    set_seed(cfg.seed)  # fresh adapters and memory rows are drawn from the seeded RNG
+    model = build_model(cfg)
+    exclude = load_exclusions(cfg.exclude_ids)
+    evaluate = None
+    if cfg.stage == "scp":
+        data, held = scp_data(cfg, exclude)
+        model.set_trainable(*scp.trainable(cfg))
+        step = scp.make_step(cfg)
+        if held:
+            evaluate = lambda m: info_flow(m, held, max_target_len=cfg.max_target_len)  # noqa: E731
+    elif cfg.stage == "instruct":
+        data = qa_data(cfg, exclude)
+        model.set_trainable(("compressor", "generator"), mem_rows=True)
+        step = instruct.make_step(cfg)
+    else:
+        data = e2e.add_candidates(qa_data(cfg, exclude), cfg.n_candidates, cfg.seed)
+        # the query reasoner starts as a copy of the compressor (CLARA.md section 5)
+        model.init_query_reasoner_from_compressor()
+        # compressor and memory rows stay frozen: cached document states stay valid
+        model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        cache = e2e.cache_doc_states(model, data, Path(cfg.output_dir) / "doc_states.safetensors")
+        step = e2e.make_step(cfg, cache)
+    log.info("stage %s: %d training rows %s", cfg.stage, len(data), describe(data))
+    return train_loop(model, data, step, cfg, evaluate=evaluate, accelerator=accelerator)

@@ -1,0 +1,47 @@
+"""Stage 1, Salient Compressor Pretraining: CE of the generator from memory states + lambda * MSE.
+
+MSE reduction (stated, as CLARA.md asks): ``F.mse_loss(mean_text_state, mean_mem_state)``,
+i.e. the squared difference averaged over the hidden dimension and the batch, as in the
+reference code (the paper's squared L2 norm is H times larger).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..model import ClaraModel
+from .batch import Batch
+from .config import TrainConfig
+from .rows import ScpRow, pick_task, row_rng, scp_example
+
+
+def scp_prompts(model: ClaraModel, rows: list[ScpRow], cfg: TrainConfig, epoch: int, indices: list[int]) -> tuple[list[str], list[str]]:
+    """Prompt and target of each row, with its task drawn reproducibly."""
+    prompts, targets = [], []
+    for row, idx in zip(rows, indices):
+        rng = row_rng(cfg.seed, epoch, idx)
+        task, question, target = scp_example(row, pick_task(row, cfg.task_weights, rng), rng)
+        prompts.append(model.prompt(task, 1, question=question))
+        targets.append(target)
+    return prompts, targets
+
+
+def make_step(cfg: TrainConfig):
+    def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        rows: list[ScpRow] = batch.rows
+        states, text_mean = model.compress_with_text_mean([r.doc for r in rows])  # (B, n_mem, H), (B, H)
+        prompts, targets = scp_prompts(model, rows, cfg, batch.epoch, batch.indices)
+        ce = model.generator_loss(
+            prompts, targets, [s.unsqueeze(0) for s in states], max_target_len=cfg.max_target_len, per_example=True,
+            adapter="generator" if cfg.train_generator else None,
+        ).mean()  # mean of per-example means: equal across any split of the batch over processes
+        mse = F.mse_loss(states.mean(1).float(), text_mean.float())
+        return ce + cfg.mse_weight * mse, {"ce": ce.item(), "mse": mse.item()}
+
+    return step
+
+
+def trainable(cfg: TrainConfig) -> tuple[tuple[str, ...], bool]:
+    """Adapters (and whether the memory rows) that stage 1 trains."""
+    return (("compressor", "generator") if cfg.train_generator else ("compressor",)), True

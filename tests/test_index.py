@@ -1,0 +1,265 @@
+"""Memory index: storage, resumable builds (killed for real), exact and approximate search, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clara import ClaraModel
+from clara.data.corpus import Document, read_corpus
+from clara.index import (
+    AnnConfig,
+    MemoryIndex,
+    MemoryIndexError,
+    Searcher,
+    add_documents,
+    build_ann,
+    exact_search,
+    model_fingerprint,
+    open_or_create,
+    recall_at_k,
+)
+
+from .conftest import SHARED, perturb_lora, tiny_config
+
+CORPUS_2WIKI = SHARED / "2wikimultihopqa" / "corpus_6119.json"
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    """Run the real `clara` command line in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-c", "from clara.cli import app; app()", *args],
+        capture_output=True, text=True, timeout=300, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(backbones) -> ClaraModel:
+    torch.manual_seed(1)
+    m = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(m)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[Document]:
+    out = []
+    for d in read_corpus(CORPUS_2WIKI):
+        out.append(d)
+        if len(out) == 120:
+            return out
+    return out
+
+
+def write_jsonl(path: Path, docs: list[Document]) -> Path:
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n")
+    return path
+
+
+def test_store_roundtrip_fp16_and_int8(model, docs, tmp_path):
+    with torch.no_grad():
+        states = model.compress([d.full_text() for d in docs[:20]])  # (20, n_mem, H)
+    for storage, tol in (("float16", 2e-3), ("int8", 2e-2)):
+        index = MemoryIndex.create(tmp_path / storage, model_fingerprint(model), storage=storage, shard_size=8)
+        index.add(docs[:20], states)
+        reopened = MemoryIndex.open(tmp_path / storage)
+        assert len(reopened) == 20 and len(reopened.shards) == 3  # 8 + 8 + 4
+        assert reopened.ids == [d.id for d in docs[:20]]
+        assert reopened.document(13).text == docs[13].text and reopened.document(13).title == docs[13].title
+        got = reopened.states(list(range(20)))
+        rel = (got - states).norm() / states.norm()
+        assert rel < tol, (storage, rel)
+        assert reopened.verify() == []
+    # int8 takes about half the bytes of fp16
+    assert MemoryIndex.open(tmp_path / "int8").stats()["state_bytes"] < 0.6 * MemoryIndex.open(tmp_path / "float16").stats()["state_bytes"]
+
+
+def test_duplicates_refused_and_checksums_detect_corruption(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=16)
+    add_documents(model, index, docs[:10], progress=False)
+    with pytest.raises(MemoryIndexError, match="already in the index"):
+        index.add(docs[3:4], torch.zeros(1, index.n_mem, index.hidden_size))
+    # add_documents skips known ids instead: the resume path
+    report = add_documents(model, index, docs[:12], progress=False)
+    assert (report.added, report.skipped, report.total) == (2, 10, 12)
+    shard = tmp_path / "idx" / "shards" / "00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert any("00000.safetensors" in p for p in MemoryIndex.open(tmp_path / "idx").verify())
+
+
+def test_uncommitted_shard_is_invisible_and_overwritten(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=10)
+    add_documents(model, index, docs[:10], progress=False)
+    # what a kill between writing shard 00001 and committing the manifest leaves behind
+    (tmp_path / "idx" / "shards" / "00001.safetensors").write_bytes(b"half a shard")
+    (tmp_path / "idx" / "shards" / "00001.docs.jsonl").write_text('{"id": "ghost", "text": "x"}\n')
+    (tmp_path / "idx" / "shards" / ".00001.safetensors.abc.tmp").write_bytes(b"torn")
+    reopened = MemoryIndex.open(tmp_path / "idx")
+    assert len(reopened) == 10 and "ghost" not in reopened
+    add_documents(model, reopened, docs[10:20], progress=False)
+    again = MemoryIndex.open(tmp_path / "idx")
+    assert again.ids == [d.id for d in docs[:20]] and again.verify() == []
+
+
+def test_index_refuses_another_model(model, backbones, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx")
+    add_documents(model, index, docs[:4], progress=False)
+    torch.manual_seed(7)
+    other = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(other)
+    with pytest.raises(MemoryIndexError, match="different model.*adapter weights differ"):
+        MemoryIndex.open(tmp_path / "idx").check_model(other)
+    with pytest.raises(MemoryIndexError, match="different model"):
+        open_or_create(other, tmp_path / "idx")
+    other_arch = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
+    with pytest.raises(MemoryIndexError, match="backbone differs"):
+        index.check_model(other_arch)
+    index.check_model(model)  # the builder itself is accepted
+
+
+def test_exact_search_matches_brute_force_and_blocks(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=25)
+    add_documents(model, index, docs, progress=False)
+    with torch.no_grad():
+        q = model.encode_query(["Who was Teutberga?", "When was the film released?", "Which country?"])
+        full = index.states(list(range(len(index))))
+    want = ClaraModel.score(q, full).topk(10)
+    for block in (7, 16384):  # blocks smaller than a shard and larger than the index
+        scores, rows = exact_search(index, q, 10, block_rows=block)
+        assert rows.tolist() == want.indices.tolist()
+        torch.testing.assert_close(scores, want.values, atol=1e-5, rtol=1e-5)
+    assert exact_search(index, q, 1000)[1].shape == (3, len(docs))  # k larger than the index
+
+
+def test_ann_recall_and_rows_added_after_it(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=50)
+    add_documents(model, index, docs[:100], progress=False)
+    info = build_ann(index, AnnConfig(dim=64))
+    assert MemoryIndex.open(tmp_path / "idx").manifest["ann"] == info
+    with torch.no_grad():
+        q = model.encode_query([d.title for d in docs[:20]])
+    exact = exact_search(index, q, 10)[1]
+    approx = Searcher(index, "ann", nprobe=4).search(q, 10)[1]
+    assert recall_at_k(exact, approx) >= 0.9
+    # documents added after the ANN are scanned exactly and found
+    add_documents(model, index, docs[100:], progress=False)
+    with torch.no_grad():
+        q_new = model.encode_query([docs[110].full_text()])
+    ex_rows = exact_search(index, q_new, 5)[1]
+    ann_rows = Searcher(index, "ann").search(q_new, 5)[1]
+    assert ex_rows[0, 0].item() == ann_rows[0, 0].item()
+    assert recall_at_k(ex_rows, ann_rows) >= 0.8
+
+
+def test_int8_recall_against_fp16(model, docs, tmp_path):
+    with torch.no_grad():
+        states = model.compress([d.full_text() for d in docs])
+        q = model.encode_query([d.title for d in docs[:30]])
+    fp = MemoryIndex.create(tmp_path / "fp", model_fingerprint(model), storage="float16")
+    i8 = MemoryIndex.create(tmp_path / "i8", model_fingerprint(model), storage="int8")
+    fp.add(docs, states)
+    i8.add(docs, states)
+    assert recall_at_k(exact_search(fp, q, 10)[1], exact_search(i8, q, 10)[1]) >= 0.9
+
+
+def test_folder_corpus_chunk_ids_trace_to_file_and_offset(model, tmp_path):
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    text = " ".join(f"word{i}" for i in range(200))
+    (folder / "sub" / "a.txt").write_text(text)
+    (folder / "b.md").write_text("# Title\nShort note about Paris.")
+    index = open_or_create(model, tmp_path / "idx")
+    from clara.cli.index import corpus_documents
+
+    chunks, _ = corpus_documents(model, folder, overlap=4)
+    add_documents(model, index, chunks, progress=False)
+    ids = MemoryIndex.open(tmp_path / "idx").ids
+    assert "b.md#0" in ids and "sub/a.txt#0" in ids and len(ids) > 3
+    for doc_id in ids:
+        if doc_id.startswith("sub/a.txt#"):
+            offset = int(doc_id.split("#")[1])
+            assert text[offset:].startswith(index.document(index.row_of(doc_id)).text.split()[0])
+
+
+def test_cli_build_killed_midway_then_resumed(checkpoint, tmp_path):
+    """kill -9 a real `clara index build`, rerun it: every document once, none missing."""
+    docs = []
+    for d in read_corpus(CORPUS_2WIKI):
+        docs.append(d)
+        if len(docs) == 600:
+            break
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    out = tmp_path / "idx"
+    args = ["index", "build", str(corpus), "--out", str(out), "--model", str(checkpoint),
+            "--batch-size", "4", "--shard-size", "8", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-c", "from clara.cli import app; app()", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.json"
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists():
+            count = json.loads(manifest.read_text())["count"]
+            if count >= 40:
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cut = MemoryIndex.open(out)
+    assert 0 < len(cut) < len(docs), "the build should have been cut mid-way"
+    assert cut.ids == [d.id for d in docs[: len(cut)]]
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stdout and f"holds {len(docs)}" in result.stdout
+    done = MemoryIndex.open(out)
+    assert done.ids == [d.id for d in docs]  # complete, in order, no duplicates
+    assert done.verify() == []
+    assert done.manifest["model_path"] == str(checkpoint.resolve())
+
+
+def test_cli_stats_search_and_refusal(checkpoint, model, docs, backbones, tmp_path):
+    out = tmp_path / "idx"
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs[:30])
+    r = cli("index", "build", str(corpus), "--out", str(out), "--model", str(checkpoint), "--device", "cpu", "--ann")
+    assert r.returncode == 0, r.stderr
+    r = cli("index", "stats", str(out), "--json", "--verify")
+    info = json.loads(r.stdout)
+    assert info["documents"] == 30 and info["problems"] == [] and info["ann"]["rows"] == 30
+    # search with the checkpoint recorded in the manifest (no --model)
+    r = cli("index", "search", str(out), docs[5].title, "-k", "3", "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    with torch.no_grad():
+        want = exact_search(MemoryIndex.open(out), model.encode_query([docs[5].title]), 3)[1][0].tolist()
+    assert [h["id"] for h in hits] == [docs[i].id for i in want]
+    r2 = cli("index", "search", str(out), docs[5].title, "-k", "3", "--json", "--ann", "--device", "cpu")
+    assert json.loads(r2.stdout)[0]["id"] == hits[0]["id"]
+    # another checkpoint is refused with a clear message
+    torch.manual_seed(3)
+    other = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(other)
+    other.save_pretrained(tmp_path / "other")
+    r = cli("index", "search", str(out), "x", "--model", str(tmp_path / "other"), "--device", "cpu")
+    assert r.returncode == 2 and "different model" in r.stdout
+    r = cli("index", "stats", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "not a CLaRa index" in r.stdout

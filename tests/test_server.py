@@ -1,0 +1,181 @@
+"""The HTTP server as a real process (`clara serve` under uvicorn on loopback), hit with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from clara import ClaraModel, ClaraRAG, MemoryIndex
+from clara.data.corpus import read_corpus
+from clara.index import add_documents, open_or_create
+
+from .conftest import SHARED, perturb_lora, tiny_config
+
+QUESTIONS = [f"Who was born in city number {i}?" for i in range(12)] + [
+    "When did Lothair II's mother die?", "Which film was released first?", "Where is Paris?", "Who was Teutberga?"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`clara serve` in a subprocess; stopped with SIGTERM (uvicorn shuts down cleanly)."""
+
+    def __init__(self, index: Path, ckpt: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from clara.cli import app; app()", "serve", "--index", str(index),
+             "--model", str(ckpt), "--port", str(self.port), "--device", "cpu", "-k", "3", "--max-new-tokens", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def setup(backbones, tmp_path_factory):
+    torch.manual_seed(1)
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(model)
+    model.eval()
+    root = tmp_path_factory.mktemp("server")
+    model.save_pretrained(root / "ckpt")
+    docs = list(read_corpus(SHARED / "2wikimultihopqa" / "corpus_6119.json"))[:80]
+    index = open_or_create(model, root / "idx", shard_size=32)
+    add_documents(model, index, docs, progress=False)
+    server = Server(root / "idx", root / "ckpt")
+    yield model, root, server
+    server.stop()
+
+
+def test_health_and_openapi(setup):
+    _, _, server = setup
+    h = httpx.get(server.url + "/health").json()
+    assert h["status"] == "ok" and h["documents"] >= 80
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert {"/v1/ask", "/v1/retrieve", "/v1/documents", "/health"} <= set(paths)
+
+
+def test_ask_and_retrieve_match_in_process_rag(setup):
+    model, root, server = setup
+    rag = ClaraRAG(model, MemoryIndex.open(root / "idx"), k=3, max_new_tokens=5)
+    r = httpx.post(server.url + "/v1/ask", json={"question": "Who was Teutberga?"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = rag.ask("Who was Teutberga?")
+    assert body["answer"] == want.answer
+    assert [s["id"] for s in body["sources"]] == [s.id for s in want.sources]
+    assert body["sources"][0]["score"] == pytest.approx(want.sources[0].score, abs=1e-5)
+    r = httpx.post(server.url + "/v1/retrieve", json={"query": "Who was Teutberga?", "k": 4}, timeout=60)
+    assert r.status_code == 200
+    hits = r.json()["sources"]
+    assert [h["id"] for h in hits] == [s.id for s in rag.retrieve(["Who was Teutberga?"], k=4)[0]]
+    assert hits[0]["text"]
+
+
+def test_bad_requests_get_clear_4xx(setup):
+    _, _, server = setup
+    url = server.url
+    r = httpx.post(url + "/v1/ask", content=b'{"question": "unterminated', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+    r = httpx.post(url + "/v1/ask", json={"k": 3})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "question"
+    r = httpx.post(url + "/v1/ask", json={"question": "q", "k": 0})
+    assert r.status_code == 422
+    r = httpx.post(url + "/v1/ask", json={"question": "q", "k": 1000})
+    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    r = httpx.post(url + "/v1/ask", json={"question": "   "})
+    assert r.status_code == 422 and "blank" in r.json()["detail"]
+    r = httpx.post(url + "/v1/retrieve", json={"query": "x" * 5000})
+    assert r.status_code == 422 and "characters" in r.json()["detail"]
+    r = httpx.post(url + "/v1/ask", json={"question": "q", "max_new_tokens": 100000})
+    assert r.status_code == 422
+    big = json.dumps({"question": "x" * 2_000_000})
+    r = httpx.post(url + "/v1/ask", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    r = httpx.post(url + "/v1/documents", json={"documents": []})
+    assert r.status_code == 422
+    r = httpx.get(url + "/v1/nothing")
+    assert r.status_code == 404
+
+
+def test_sixteen_concurrent_asks_are_batched_and_correct(setup):
+    model, root, server = setup
+    before = httpx.get(server.url + "/health").json()
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[
+                client.post(server.url + "/v1/ask", json={"question": q}) for q in QUESTIONS])
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 16
+    after = httpx.get(server.url + "/health").json()
+    assert after["asks"] - before["asks"] == 16
+    calls = after["generate_calls"] - before["generate_calls"]
+    assert calls < 16 and after["largest_batch"] > 1, (calls, after)
+    # each answer is the one this question gets alone
+    rag = ClaraRAG(model, MemoryIndex.open(root / "idx"), k=3, max_new_tokens=5)
+    for q, r in zip(QUESTIONS, responses):
+        assert r.json()["question"] == q
+        assert r.json()["answer"] == rag.ask(q).answer
+
+
+def test_added_documents_searchable_and_survive_restart(setup):
+    model, root, server = setup
+    doc = {"id": "zorb-1", "title": "Zorbland", "text": "Zorbland is a fictional island in the Quiet Sea."}
+    n = httpx.get(server.url + "/health").json()["documents"]
+    r = httpx.post(server.url + "/v1/documents", json={"documents": [doc]}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"added": 1, "total": n + 1}
+    r = httpx.post(server.url + "/v1/documents", json={"documents": [doc]}, timeout=60)
+    assert r.status_code == 409 and "zorb-1" in r.json()["detail"]
+
+    def ranked_ids(url: str) -> list[str]:
+        r = httpx.post(url + "/v1/retrieve", json={"query": "Where is Zorbland?", "k": 20}, timeout=60)
+        return [h["id"] for h in r.json()["sources"]]
+
+    # searchable without restart, ranked as the in-process exact search ranks it
+    want = [s.id for s in ClaraRAG(model, MemoryIndex.open(root / "idx")).retrieve(["Where is Zorbland?"], k=20)[0]]
+    assert ranked_ids(server.url) == want
+    assert "zorb-1" in MemoryIndex.open(root / "idx")
+    # and still there after a restart
+    server.stop()
+    restarted = Server(root / "idx", root / "ckpt")
+    try:
+        assert httpx.get(restarted.url + "/health").json()["documents"] == n + 1
+        assert ranked_ids(restarted.url) == want
+    finally:
+        restarted.stop()
+        setup[2].__dict__.update(restarted.__dict__)  # the fixture's teardown stops the live one

@@ -1,0 +1,165 @@
+"""Training stages on tiny models: losses fall, MSE is what the docs say, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clara import ClaraModel
+from clara.io import DataError
+from clara.train import TrainConfig, train
+from clara.train.rows import read_scp
+
+from .conftest import SHARED, tiny_config
+
+SCP = SHARED / "scp" / "clara_pretrain_qa_1k.jsonl"
+
+
+def small_scp(tmp_path: Path, n: int = 8) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "scp.jsonl"
+    with open(SCP) as f, open(out, "w") as g:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            g.write(line)
+    return out
+
+
+def scp_cfg(tmp_path: Path, backbone: Path, **kw) -> TrainConfig:
+    model = tiny_config(backbone).to_dict()
+    base = dict(stage="scp", output_dir=str(tmp_path / "run"), model=model, data=[str(small_scp(tmp_path))],
+                batch_size=4, lr=3e-2, warmup_ratio=0.0, max_steps=12, log_every=1, save_every=1000,
+                task_weights={"reconstruct": 1.0}, max_target_len=32)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+def test_scp_loss_decreases(tmp_path, backbones):
+    cfg = scp_cfg(tmp_path, backbones["llama"], max_rows=4)
+    train(cfg)
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2  # a loop that does not learn stays flat
+    loaded = ClaraModel.from_pretrained(tmp_path / "run" / "final")
+    assert loaded.config.n_mem == 4
+
+
+def test_mse_term_matches_hand_computation(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
+    docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]
+    with torch.no_grad():
+        states, text_mean = model.compress_with_text_mean(docs)
+        # by hand: run one document alone, average its non-memory final states
+        ids = model.tokenizer(docs[1], add_special_tokens=False)["input_ids"]
+        sp = model.special
+        full = [sp.enc, model.tokenizer.bos_token_id] + ids + [model.tokenizer.eos_token_id] + list(sp.mem)
+        x = torch.tensor([full])
+        with model.adapter("compressor"):
+            h = model.lm.get_decoder()(inputs_embeds=model.embed(x)).last_hidden_state[0]
+        n = model.config.n_mem
+        text_by_hand, mem_by_hand = h[:-n].mean(0), h[-n:]
+    torch.testing.assert_close(text_mean[1], text_by_hand, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(states[1], mem_by_hand, atol=1e-5, rtol=1e-4)
+    # the reduction the docs state: F.mse_loss of the two means = mean over hidden of squared differences
+    expected = ((states.mean(1) - text_mean) ** 2).mean()
+    torch.testing.assert_close(F.mse_loss(states.mean(1), text_mean), expected)
+
+
+def test_resume_gives_the_same_next_loss(tmp_path, backbones):
+    a = scp_cfg(tmp_path / "a", backbones["mistral"], max_steps=6, task_weights={"qa": 1.0, "reconstruct": 1.0},
+                model={**tiny_config(backbones["mistral"]).to_dict(), "lora_dropout": 0.1})
+    train(a)
+    full = metrics(tmp_path / "a" / "run")
+    b = scp_cfg(tmp_path / "b", backbones["mistral"], max_steps=6, save_every=3, task_weights={"qa": 1.0, "reconstruct": 1.0},
+                model={**tiny_config(backbones["mistral"]).to_dict(), "lora_dropout": 0.1})
+    # interrupt after step 3 by a time budget of zero minutes past the first save ...
+    first = TrainConfig(**{**b.to_dict(), "max_steps": 6})
+    first.max_minutes = 1e-9
+    train(first)
+    assert (tmp_path / "b" / "run" / "checkpoint").is_dir()
+    part = metrics(tmp_path / "b" / "run")
+    assert part[-1]["step"] < 6
+    # ... then continue: the following losses equal the uninterrupted run's
+    train(b)
+    resumed = metrics(tmp_path / "b" / "run")
+    by_step = {m["step"]: m["loss"] for m in resumed}
+    for m in full:
+        assert by_step[m["step"]] == pytest.approx(m["loss"], rel=1e-4, abs=1e-5), m["step"]
+
+
+def test_malformed_rows_fail_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"data_type": "qa", "question": ["q"], "answers": ["a"], "docs": ["d"]}\n{"data_type": "qa", "docs": ["d"]\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
+        read_scp(bad)
+    bad.write_text('{"data_type": "qa", "question": ["q", "r"], "answers": ["a"], "docs": ["d"]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: 'question' and 'answers'"):
+        read_scp(bad)
+
+
+def test_unknown_config_field_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown training config fields: lr_typo"):
+        TrainConfig.load(None, ["lr_typo=1"])
+    cfg = TrainConfig.load(None, ["model.compression_ratio=32", "lr=5e-4"])
+    assert cfg.model == {"compression_ratio": 32} and cfg.lr == 5e-4
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "qa"
+
+
+def qa_cfg(tmp_path: Path, stage: str, init: str = "", backbone: Path | None = None, **kw) -> TrainConfig:
+    base = dict(stage=stage, output_dir=str(tmp_path / stage), init=init, data=[str(FIXTURES / "hotpot_distractor.json")],
+                batch_size=2, lr=3e-2, warmup_ratio=0.0, max_steps=8, log_every=1, save_every=1000,
+                k_docs=2, n_candidates=4, max_target_len=16)
+    if backbone is not None:
+        base["model"] = tiny_config(backbone).to_dict()
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_instruct_then_e2e(tmp_path, backbones):
+    train(qa_cfg(tmp_path, "instruct", backbone=backbones["gemma3"]))
+    losses = [m["loss"] for m in metrics(tmp_path / "instruct")]
+    assert losses[-1] < losses[0]
+    result = train(qa_cfg(tmp_path, "e2e", init=str(tmp_path / "instruct" / "final"), lr=1e-2))
+    rows = metrics(tmp_path / "e2e")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert "recall@2" in rows[-1] and result["step"] == 8
+    assert (tmp_path / "e2e" / "doc_states.safetensors").is_file()
+    # the compressor is frozen in e2e: its weights are unchanged from the instruct checkpoint
+    before = ClaraModel.from_pretrained(tmp_path / "instruct" / "final")
+    after = ClaraModel.from_pretrained(tmp_path / "e2e" / "final")
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    comp = [n for n in a if ".compressor." in n]
+    assert comp and all(torch.equal(a[n], b[n]) for n in comp)
+    assert any(not torch.equal(a[n], b[n]) for n in a if ".query_reasoner." in n)
+
+
+def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones):
+    from clara.data.qa import load_qa
+    from clara.train import e2e
+    from clara.train.batch import Batch
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
+    exs = e2e.add_candidates(load_qa(FIXTURES / "hotpot_distractor.json")[:2], 4, 0)
+    cache = {d.id: s for ex in exs for d, s in zip(ex.docs, model.compress([d.full_text() for d in ex.docs]).detach())}
+    step = e2e.make_step(TrainConfig(stage="e2e", k_docs=2, tau=1.0), cache)
+    loss, _ = model(step, Batch(exs, [0, 1], 0))
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".query_reasoner." in n)
+    assert all(p.grad is None for n, p in named.items() if ".compressor." in n)
+    assert named["mem_rows"].grad is None
