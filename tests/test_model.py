@@ -43,7 +43,7 @@ def test_placeholders_replaced_exactly(arch_model: ClaraModel):
     ids = arch_model._tokenize_prompts(prompts)
     embeds, mask, input_ids = arch_model._inputs(ids, states)
     plain = arch_model.embed(input_ids)
-    slots = torch.isin(input_ids, torch.tensor(arch_model.special.mem))
+    slots = torch.isin(input_ids, torch.tensor(arch_model.special.mem, device=dev))
     assert slots.sum().item() == 3 * n_mem
     # memory slots hold exactly the states, in document order ...
     torch.testing.assert_close(embeds[0][slots[0]], states[0].reshape(-1, h))

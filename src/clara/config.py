@@ -45,6 +45,11 @@ class ClaraConfig:
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if available, else cpu), 'cpu', 'cuda:0', ..."})
     prompt_style: str = field(default="clara", metadata={"help": "Prompt templates: 'clara' (this project) or 'apple'."})
+    mem_readout: str = field(
+        default="states",
+        metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states) or "
+                          "'soft_tokens' (embedding average under the output head's distribution)."},
+    )
     mem_scale: float = field(
         default=1.0,
         metadata={"help": "Multiplier applied to memory states when injected into the generator."},
@@ -59,6 +64,8 @@ class ClaraConfig:
             )
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.mem_readout not in ("states", "soft_tokens"):
+            raise ValueError(f"mem_readout must be 'states' or 'soft_tokens', got {self.mem_readout!r}")
         if self.prompt_style not in _PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {_PROMPT_STYLES}, got {self.prompt_style!r}")
 

@@ -295,8 +295,24 @@ class ClaraModel(nn.Module):
             raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
         if sum(want):
             flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat * self.config.mem_scale)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.read_memory(flat))
         return embeds, mask, input_ids
+
+    def read_memory(self, states: torch.Tensor) -> torch.Tensor:
+        """Memory states (M, H) -> the generator's input rows (M, H), per ``config.mem_readout``.
+
+        ``states`` (the paper) injects them as they are, times ``mem_scale``. ``soft_tokens``
+        injects the expected input embedding under the output head's next-token distribution
+        of each state: always in the embedding distribution, so a small backbone can read
+        memory from the first step (see docs/training.md for why and what it measured).
+        """
+        if self.config.mem_readout == "states":
+            return states * self.config.mem_scale
+        emb = self.lm.get_input_embeddings()
+        probs = torch.softmax(self.lm.get_output_embeddings()(states).float(), dim=-1)  # (M, V)
+        soft = probs.to(emb.weight.dtype) @ emb.weight  # (M, H)
+        scale = getattr(emb, "embed_scale", None)
+        return (soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)) * self.config.mem_scale
 
     def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]

@@ -387,7 +387,7 @@ class MemoryIndex:
             "bytes_per_document": round(state_bytes / self.count, 1) if self.count else 0,
             "model_path": self.manifest.get("model_path"),
             "adapters_sha256": fp["adapters_sha256"][:16],
-            "backbone": fp["config"]["backbone"],
+            "backbone": fp.get("config", {}).get("backbone"),
             "ann": self.manifest.get("ann"),
         }
 

@@ -337,6 +337,7 @@ def run_synth(
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in (out, log_path(out)):
         _repair_tail(path)
+    out.touch()  # an output file exists even when every sample is rejected
     done = done_ids(out)
     summary = Summary()
     if log_path(out).exists():

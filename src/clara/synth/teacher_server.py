@@ -1,13 +1,12 @@
 """A small OpenAI-compatible chat endpoint over a local transformers model.
 
-(No ``from __future__ import annotations`` here: FastAPI must resolve the request model,
-which is defined inside create_app, from real annotations.)
-
 For users without vLLM or llama.cpp, and for tests: ``POST /v1/chat/completions`` (messages,
 max_tokens, temperature; chat template applied) and ``GET /v1/models``. Concurrent requests
 are batched by :class:`~.teacher.LocalTeacher`. Not a production server: no streaming, n=1.
-"""
 
+(No ``from __future__ import annotations`` here: FastAPI must resolve the request model,
+which is defined inside create_app, from real annotations.)
+"""
 
 import threading
 import time

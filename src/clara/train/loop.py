@@ -113,7 +113,7 @@ def train_loop(
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage}", disable=not acc.is_local_main_process)
     started, last = time.time(), {}
     window: dict[str, list[float]] = {}
-    tokens_seen = 0
+    tokens_seen, skipped = 0, 0
     model.train()
     while step < total:
         loader.set_epoch(epoch)
@@ -123,19 +123,27 @@ def train_loop(
             with acc.accumulate(model):
                 loss, metrics = model(step_fn, Batch([dataset[i] for i in indices], indices, epoch))
                 acc.backward(loss)
+                finite = True
                 if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
+                    # a non-finite gradient (one bad batch, an overflow) would poison every weight: skip it
+                    norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    finite = bool(torch.isfinite(norm))
+                    if not finite:
+                        skipped += 1
+                        log.warning("step %d: non-finite gradient norm, update skipped (%d so far)", step + 1, skipped)
+                if finite:
+                    opt.step()
+                    sched.step()
                 opt.zero_grad()
-            for k, v in {"loss": loss.item(), **metrics}.items():
-                window.setdefault(k, []).append(v)
+            if math.isfinite(loss.item()):
+                for k, v in {"loss": loss.item(), **metrics}.items():
+                    window.setdefault(k, []).append(v)
             tokens_seen += len(indices)
             if not acc.sync_gradients:
                 continue
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if (step % cfg.log_every == 0 or step == total) and window:
                 last = _log(acc, out, step, epoch, window, sched, started, tokens_seen)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
                 window = {}
@@ -162,6 +170,12 @@ def train_loop(
         if step >= total:
             break
     bar.close()
+    if evaluate is not None and cfg.eval_every and step % cfg.eval_every != 0:
+        model.eval()  # always end with a measurement of the final weights
+        with torch.no_grad():
+            result = evaluate(unwrapped)
+        if acc.is_main_process:
+            append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": result}])
     model.eval()
     acc.wait_for_everyone()
     if acc.is_main_process:

@@ -1,0 +1,52 @@
+"""Information flow through the memory tokens, on held-out documents (issue 7, milestone 1).
+
+For each checkpoint: the generator's loss on reconstruction and single-question QA of the
+dev-split SCP documents (never trained on), reading (a) the document's own states, (b)
+zeroed states, (c) another document's states. Targets: reconstruction real/zero <= 0.60,
+QA real/zero <= 0.85, and (c) no better than (b).
+
+    python benchmarks/info_flow.py CKPT [CKPT ...] --rows 32 --out benchmarks/results/info_flow.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from clara import ClaraModel
+from clara.train.info_flow import info_flow
+from clara.train.rows import load_exclusions, read_scp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint folders ('default' = the shipped one)")
+    ap.add_argument("--scp", type=Path, default=ROOT.parent / "shared" / "data" / "scp" / "clara_pretrain_qa_1k.jsonl")
+    ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    dev = load_exclusions(args.splits)
+    rows = [r for r in read_scp(args.scp) if r.doc_id in dev][: args.rows]
+    results = {}
+    for ckpt in args.checkpoints:
+        start = time.time()
+        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu")
+        res = info_flow(model, rows, batch_size=8)
+        res["seconds"] = round(time.time() - start, 1)
+        results[ckpt] = res
+        print(json.dumps({ckpt: res}))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": len(rows), "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
