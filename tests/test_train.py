@@ -163,3 +163,34 @@ def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".query_reasoner." in n)
     assert all(p.grad is None for n, p in named.items() if ".compressor." in n)
     assert named["mem_rows"].grad is None
+
+
+def _run_cli(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLARA_SHARED_DATA": str(SHARED)}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "clara", "train", *args]
+    else:  # what `accelerate launch` does on CPU: torch.distributed processes with the gloo backend
+        import socket
+
+        with socket.socket() as sock:  # a free loopback port for the rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+               "-m", "clara", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_two_processes_match_one_process(tmp_path, backbones):
+    """DDP over 2 gloo processes with batch 2 each = 1 process with batch 4: same losses."""
+    import yaml
+
+    cfg = scp_cfg(tmp_path, backbones["llama"], max_steps=3, lr=1e-2, task_weights={"qa": 1.0, "reconstruct": 1.0})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    one = _run_cli(["scp", "-c", "cfg.yaml", "output_dir=one", "batch_size=4"], 1, tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run_cli(["scp", "-c", "cfg.yaml", "output_dir=two", "batch_size=2"], 2, tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4), (x, y)

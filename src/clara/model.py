@@ -396,10 +396,19 @@ class ClaraModel(nn.Module):
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self._stop_ids(),
                 streamer=streamer,
                 **sampling,
             )  # (B, new_tokens): with inputs_embeds only new tokens come back
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _stop_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's eos plus the model's own generation eos ids."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.lm, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        ids.update(extra if isinstance(extra, list) else [extra])
+        return sorted(i for i in ids if i is not None)
 
     def generate(
         self,

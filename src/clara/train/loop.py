@@ -73,6 +73,8 @@ def train_loop(
     """Train ``model`` on ``dataset`` with ``step_fn``; returns the last logged metrics."""
     out = Path(cfg.output_dir)
     acc = accelerator or Accelerator(
+        # without CUDA, processes started by torchrun/accelerate launch join a gloo (MULTI_CPU) group
+        cpu=not torch.cuda.is_available() or str(cfg.model.get("device", "auto")) == "cpu",
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
@@ -120,6 +122,7 @@ def train_loop(
         batches = acc.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for indices in batches:
+            log.debug("process %d epoch %d rows %s", acc.process_index, epoch, indices)
             with acc.accumulate(model):
                 loss, metrics = model(step_fn, Batch([dataset[i] for i in indices], indices, epoch))
                 acc.backward(loss)
