@@ -125,6 +125,15 @@ def arch_model(request, backbones) -> ClaraModel:
     return model
 
 
+@pytest.fixture(scope="module")
+def model(backbones) -> ClaraModel:
+    """A tiny llama ClaraModel with distinct adapters, in eval mode, shared by a test module."""
+    torch.manual_seed(1)
+    m = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(m)
+    return m.eval()
+
+
 def perturb_lora(model: ClaraModel, scale: float = 0.05) -> None:
     """LoRA B starts at zero (adapters = identity); give each adapter its own non-zero B."""
     with torch.no_grad():

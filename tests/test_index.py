@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,14 +39,6 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
         [sys.executable, "-c", "from clara.cli import app; app()", *args],
         capture_output=True, text=True, timeout=300, **kw,
     )
-
-
-@pytest.fixture(scope="module")
-def model(backbones) -> ClaraModel:
-    torch.manual_seed(1)
-    m = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
-    perturb_lora(m)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from .conftest import SHARED, perturb_lora, tiny_config
 
 
 @pytest.fixture(scope="module")
-def model(backbones) -> ClaraModel:
-    torch.manual_seed(1)
-    m = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
-    perturb_lora(m)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
 def docs() -> list[Document]:
     return list(read_corpus(CORPUS))[:60]
 

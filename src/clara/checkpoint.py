@@ -143,7 +143,6 @@ def load_checkpoint(
     cls: type["ClaraModel"], path: str | Path | None, backbone: str | None = None, **overrides: Any
 ) -> "ClaraModel":
     """Build the model described by a checkpoint folder and load its weights."""
-    from .model import ADAPTERS
 
     folder = Path(path) if path is not None else default_checkpoint_dir()
     if path is None and not (folder / "config.json").is_file():

@@ -26,6 +26,7 @@ def eval_command(
     fmt: Optional[str] = typer.Option(None, "--format", help="Force the QA format instead of detecting it."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Documents each reader gets."),
     limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    split: Optional[Path] = typer.Option(None, exists=True, help="Only the question ids listed in this splits file (e.g. splits/dev.json)."),
     seed: int = typer.Option(0, help="Seed for torch and negative sampling."),
     first_answer_only: bool = typer.Option(False, "--first-answer-only", help="Score the first gold answer only."),
     retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Recall@1/3/5 only, no generation."),
@@ -46,6 +47,7 @@ def eval_command(
         cfg = EvalConfig(
             data=str(data), out_dir=str(out), fmt=fmt, setting=setting, systems=list(system),
             checkpoints=list(checkpoint), backbone=backbone, top_k=top_k, limit=limit, seed=seed,
+            split=str(split) if split else None,
             first_answer_only=first_answer_only, retrieval_only=retrieval_only, max_new_tokens=max_new_tokens,
             batch_size=batch_size, corpus=str(corpus) if corpus else None,
             pool_corpus=str(pool_corpus) if pool_corpus else None, negatives=negatives,

@@ -14,6 +14,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from ..data.corpus import Document
     from ..model import ClaraModel
+    from ..index import MemoryIndex
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -41,6 +42,20 @@ def load_model(path: Optional[str], device: str = "auto", index_dir: Optional[Pa
         raise typer.Exit(2) from None
     model.eval()
     return model, str(Path(path).resolve()) if path else None
+
+
+def open_with_model(index_dir: Path, model: Optional[str], device: str) -> tuple["MemoryIndex", "ClaraModel"]:
+    """Open an index and the model that built it (or ``model``), refusing a mismatch clearly."""
+    from ..index import MemoryIndex
+    from ..io import DataError
+
+    try:
+        index = MemoryIndex.open(index_dir)
+        clara, _ = load_model(model, device, index_dir)
+        index.check_model(clara)
+    except DataError as e:
+        fail(e)
+    return index, clara
 
 
 def fail(message: object) -> None:
@@ -117,15 +132,7 @@ def add(
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
     """Compress more documents into an existing index."""
-    from ..index import MemoryIndex
-    from ..io import DataError
-
-    try:
-        index = MemoryIndex.open(index_dir)
-        clara, _ = load_model(model, device, index_dir)
-        index.check_model(clara)
-    except DataError as e:
-        fail(e)
+    index, clara = open_with_model(index_dir, model, device)
     _run_add(clara, index, corpus, batch_size, overlap)
 
 
@@ -168,13 +175,11 @@ def search(
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
     """Top-k documents for QUERY by cosine of memory states."""
-    from ..index import MemoryIndex, Searcher
+    from ..index import Searcher
     from ..io import DataError
 
+    index, clara = open_with_model(index_dir, model, device)
     try:
-        index = MemoryIndex.open(index_dir)
-        clara, _ = load_model(model, device, index_dir)
-        index.check_model(clara)
         searcher = Searcher(index, method="ann" if ann else "exact")
     except DataError as e:
         fail(e)

@@ -20,6 +20,7 @@ From Python::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -76,6 +77,9 @@ class EvalConfig:
     )
     top_k: int = field(default=5, metadata={"help": "Documents each reader gets."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
+    split: str | None = field(
+        default=None, metadata={"help": "splits/dev.json-style file: evaluate only the question ids it lists."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for torch and negative sampling."})
     first_answer_only: bool = field(default=False, metadata={"help": "Score the first gold answer only (Apple's code)."})
     retrieval_only: bool = field(default=False, metadata={"help": "Recall@k only; generate nothing."})
@@ -357,7 +361,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     examples = load_qa(cfg.data, cfg.fmt, corpus=cfg.corpus, negatives=cfg.negatives,
-                       unanswerable=cfg.unanswerable, limit=cfg.limit, seed=cfg.seed)
+                       unanswerable=cfg.unanswerable, seed=cfg.seed)
+    if cfg.split:
+        keep = {i for entry in json.loads(Path(cfg.split).read_text()).values() for i in entry.get("ids", [])}
+        examples = [ex for ex in examples if ex.id in keep]
+    examples = examples[: cfg.limit] if cfg.limit is not None else examples
     if not examples:
         raise ValueError(f"{cfg.data}: no questions to evaluate")
     extra = list(read_corpus(cfg.pool_corpus)) if cfg.pool_corpus and cfg.setting == "normal" else []
