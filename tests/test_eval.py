@@ -133,3 +133,14 @@ def test_cli_closed_book_on_flashrag(backbones, tmp_path: Path):
     bad = CliRunner().invoke(app, ["eval", str(FIX / "flashrag.jsonl"), "--out", str(tmp_path / "x"),
                                    "--system", "nonsense"])
     assert bad.exit_code == 1 and "unknown systems" in bad.output
+
+
+def test_split_file_limits_the_questions(tiny_checkpoints, tmp_path: Path):
+    ids = [ex.id for ex in load_qa(FIX / "2wiki_dev.jsonl")]
+    split = tmp_path / "dev.json"
+    split.write_text(json.dumps({"2wikimultihopqa": {"ids": ids[-1:], "titles": []}}))
+    cfg = EvalConfig(data=str(FIX / "2wiki_dev.jsonl"), out_dir=str(tmp_path / "run"), retrieval_only=True,
+                     systems=["bm25"], split=str(split), device="cpu", progress=False)
+    run_eval(cfg)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rows} == {ids[-1]}
