@@ -100,7 +100,8 @@ def save_checkpoint(
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "clara_config": model.config.to_dict(),
+        # the device is a runtime choice (from_pretrained(device=...)), not part of the model
+        "clara_config": {**model.config.to_dict(), "device": "auto"},
         "backbone_fingerprint": backbone_fingerprint(model),
         "adapters": list(ADAPTERS),
         **(extra or {}),
