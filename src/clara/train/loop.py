@@ -115,7 +115,7 @@ def train_loop(
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage}", disable=not acc.is_local_main_process)
     started, last = time.time(), {}
     window: dict[str, list[float]] = {}
-    tokens_seen, skipped = 0, 0
+    examples_seen, skipped, out_of_time = 0, 0, False
     model.train()
     while step < total:
         loader.set_epoch(epoch)
@@ -141,13 +141,13 @@ def train_loop(
             if math.isfinite(loss.item()):
                 for k, v in {"loss": loss.item(), **metrics}.items():
                     window.setdefault(k, []).append(v)
-            tokens_seen += len(indices)
+            examples_seen += len(indices)
             if not acc.sync_gradients:
                 continue
             step += 1
             bar.update(1)
             if (step % cfg.log_every == 0 or step == total) and window:
-                last = _log(acc, out, step, epoch, window, sched, started, tokens_seen)
+                last = _log(acc, out, step, epoch, window, sched, started, examples_seen)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
                 window = {}
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
@@ -160,18 +160,19 @@ def train_loop(
                 log.info("step %d eval %s", step, result)
             if step % cfg.save_every == 0:
                 _save(acc, model, opt, sched, ckpt, step, epoch, {"training": cfg.to_dict()})
-            out_of_time = cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes
+            if cfg.max_minutes:
+                # every process must stop at the same step: take the slowest clock's verdict
+                late = torch.tensor(float((time.time() - started) / 60 >= cfg.max_minutes), device=acc.device)
+                out_of_time = bool(acc.reduce(late, "max") > 0)
             if step >= total or out_of_time:
                 break
         else:
             epoch += 1
             continue
-        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes and step < total:
+        if out_of_time and step < total:
             log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, step)
             _save(acc, model, opt, sched, ckpt, step, epoch, {"training": cfg.to_dict()})
-            break
-        if step >= total:
-            break
+        break
     bar.close()
     if evaluate is not None and cfg.eval_every and step % cfg.eval_every != 0:
         model.eval()  # always end with a measurement of the final weights
