@@ -50,7 +50,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
 from . import tokens
-from .checkpoint import CheckpointError, atomic_folder_write, save_checkpoint
+from .checkpoint import CheckpointError, atomic_folder_write, read_config_json, save_checkpoint
 from .config import ClaraConfig
 
 if TYPE_CHECKING:
@@ -166,10 +166,7 @@ def read_apple_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} has {ADAPTERS_FILE} but no config.json: not a complete Apple CLaRa folder")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    cfg = read_config_json(path)
     missing = [k for k in ("decoder_model_name", "compr_rate", "doc_max_length", "lora_r") if k not in cfg]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an Apple CLaRa config")

@@ -114,6 +114,14 @@ def save_checkpoint(
     atomic_folder_write(Path(path), write)
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """Parse a checkpoint's config.json; bad JSON is a CheckpointError naming file and line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """Read and validate ``config.json`` of this project's format."""
     cfg_file = path / "config.json"
@@ -121,10 +129,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a folder: a CLaRa checkpoint is a folder with config.json and {WEIGHTS}")
     if not cfg_file.is_file():
         raise CheckpointError(f"{path} has no config.json: not a CLaRa checkpoint")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    meta = read_config_json(cfg_file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{cfg_file} is not a {FORMAT} checkpoint config (no \"format\": \"{FORMAT}\"); "

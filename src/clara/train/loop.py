@@ -151,13 +151,8 @@ def train_loop(
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
                 window = {}
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                model.eval()
-                with torch.no_grad():
-                    result = evaluate(unwrapped)
+                _evaluate(acc, model, unwrapped, evaluate, out, step)
                 model.train()
-                if acc.is_main_process:
-                    append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": result}])
-                log.info("step %d eval %s", step, result)
             if step % cfg.save_every == 0:
                 _save(acc, model, opt, sched, ckpt, step, epoch, {"training": cfg.to_dict()})
             if cfg.max_minutes:
@@ -175,11 +170,7 @@ def train_loop(
         break
     bar.close()
     if evaluate is not None and cfg.eval_every and step % cfg.eval_every != 0:
-        model.eval()  # always end with a measurement of the final weights
-        with torch.no_grad():
-            result = evaluate(unwrapped)
-        if acc.is_main_process:
-            append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": result}])
+        _evaluate(acc, model, unwrapped, evaluate, out, step)  # always end with the final weights measured
     model.eval()
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -187,6 +178,16 @@ def train_loop(
     if cfg.gradient_checkpointing:
         unwrapped.lm.gradient_checkpointing_disable()
     return {**last, "step": step}
+
+
+def _evaluate(acc: Accelerator, model, unwrapped: ClaraModel, evaluate, out: Path, step: int) -> None:
+    """Measure (no grad, eval mode) and append the result to metrics.jsonl; leaves the model in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        result = evaluate(unwrapped)
+    if acc.is_main_process:
+        append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": result}])
+    log.info("step %d eval %s", step, result)
 
 
 def _log(acc, out: Path, step: int, epoch: int, window: dict[str, list[float]], sched, started: float, seen: int) -> dict:
