@@ -7,11 +7,15 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 N_ANSWER=${1:-40}
 N_RETRIEVAL=${2:-100}
-CKPT=src/clara/checkpoints/default
-# answers, oracle setting: CLaRa reading 5 compressed candidates vs the same backbone closed-book
-# and reading the gold paragraphs as text
+CKPT=${CKPT:-src/clara/checkpoints/default}
+# the fair full-text baseline: a generator LoRA trained on raw text (`clara train text -c configs/default/text.yaml`)
+TEXT_CKPT=${TEXT_CKPT:-runs/text/final}
+TEXT_SYSTEMS=()
+if [ -d "$TEXT_CKPT" ]; then TEXT_SYSTEMS=(-s full-text-lora --text-checkpoint "$TEXT_CKPT"); fi
+# answers, oracle setting: CLaRa reading 5 compressed candidates vs the same backbone closed-book,
+# reading the gold paragraphs as text, and (when trained) the text-LoRA reading CLaRa's top-5 as text
 clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_ANSWER" \
-    --setting oracle -s clara -s closed-book -s gold-text -c "$CKPT" -k 5 --max-new-tokens 24 \
+    --setting oracle -s clara -s closed-book -s gold-text "${TEXT_SYSTEMS[@]}" -c "$CKPT" -k 5 --max-new-tokens 24 \
     --device cpu -o benchmarks/results/quality_hotpot_oracle
 # retrieval only: Recall@k of the query reasoner vs BM25 and all-MiniLM-L6-v2 over the same candidates
 clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_RETRIEVAL" \

@@ -144,3 +144,19 @@ def test_split_file_limits_the_questions(tiny_checkpoints, tmp_path: Path):
     run_eval(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert {r["id"] for r in rows} == {ids[-1]}
+
+
+def test_full_text_lora_reads_text_with_the_text_checkpoint(tiny_checkpoints, tmp_path: Path):
+    out = tmp_path / "run"
+    base = dict(data=str(FIX / "hotpot_distractor.json"), out_dir=str(out), checkpoints=[str(tiny_checkpoints[0])],
+                top_k=2, limit=2, max_new_tokens=4, batch_size=2, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="text_checkpoint"):
+        EvalConfig(**base, systems=["full-text-lora"])
+    # any CLaRa-format checkpoint works as the text reader; its generator adapter reads
+    cfg = EvalConfig(**base, systems=["full-text", "full-text-lora", "gold-text-lora"], text_checkpoint=str(tiny_checkpoints[1]))
+    systems = run_eval(cfg)["systems"]
+    assert set(systems) == {"full-text", "full-text-lora", "gold-text-lora"}
+    rows = {(r["system"], r["id"]): r for r in _rows(out / "predictions.jsonl")}
+    # same retriever (CLaRa's top-k) as full-text, a different reader (perturbed LoRA vs plain backbone)
+    assert rows[("full-text-lora", "hp1")]["retrieved"] == rows[("full-text", "hp1")]["retrieved"]
+    assert rows[("gold-text-lora", "hp1")]["retrieved"] == ["hp1:0", "hp1:1"]

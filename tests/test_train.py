@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from clara import ClaraModel
 from clara.io import DataError
 from clara.train import TrainConfig, train
+from clara.train.bow import bow_loss, span_targets
 from clara.train.rows import read_scp
 
 from .conftest import SHARED, tiny_config
@@ -194,3 +195,53 @@ def test_two_processes_match_one_process(tmp_path, backbones):
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4), (x, y)
+
+
+def test_bow_loss_matches_hand_computation(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["gemma3"]))  # gemma3: also checks logit soft-capping
+    docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]
+    n = model.config.n_mem
+    with torch.no_grad():
+        states = model.compress(docs)  # (2, n_mem, H)
+        got = bow_loss(model, docs, states)
+        per_doc = []
+        for b, doc in enumerate(docs):
+            ids = model.tokenizer(doc, add_special_tokens=False)["input_ids"][: model.config.doc_max_len]
+            logp = torch.log_softmax(model.logits(states[b]), -1)  # (n_mem, V)
+            # token j of L belongs to span floor(j * n_mem / L): n_mem equal spans in order
+            per_doc.append(torch.stack([-logp[j * n // len(ids), t] for j, t in enumerate(ids)]).mean())
+    torch.testing.assert_close(got, torch.stack(per_doc).mean())
+    rows, slots, _ = span_targets(model, docs)
+    assert slots[rows == 1].unique().tolist() == list(range(n))  # every slot owns a span of a long document
+
+
+def test_bow_weight_adds_the_bow_term_and_trains_it(tmp_path, backbones):
+    cfg = scp_cfg(tmp_path, backbones["mistral"], max_rows=4, bow_weight=1.0, train_generator=False)
+    train(cfg)
+    logged = metrics(tmp_path / "run")
+    assert all("bow" in m for m in logged)
+    for m in logged[:1]:  # the logged loss is CE + lambda * MSE + bow
+        assert abs(m["loss"] - (m["ce"] + cfg.mse_weight * m["mse"] + m["bow"])) < 1e-3 * max(1.0, m["loss"])
+    assert logged[-1]["bow"] < logged[0]["bow"] - 0.2  # 6.02 -> 5.75 when written
+
+
+def test_text_stage_trains_the_generator_on_raw_text(tmp_path, backbones):
+    from clara.train import text
+    from clara.train.batch import Batch
+    from clara.data.qa import load_qa
+
+    train(qa_cfg(tmp_path, "text", backbone=backbones["qwen2"]))
+    losses = [m["loss"] for m in metrics(tmp_path / "text")]
+    assert losses[-1] < losses[0]
+    fresh, after = ClaraModel.from_backbone(tiny_config(backbones["qwen2"])), ClaraModel.from_pretrained(tmp_path / "text" / "final")
+    a = dict(after.named_parameters())
+    assert any(n for n in a if ".generator." in n and "lora_B" in n and a[n].abs().sum() > 0)
+    # only the generator trains: the other adapters' lora_B stay at their zero init
+    assert all(a[n].abs().sum() == 0 for n in a if "lora_B" in n and ".generator." not in n)
+    assert fresh.config.n_mem == after.config.n_mem
+    # the prompt holds the documents' text (the gold paragraphs of the fixture question are in it)
+    exs = load_qa(FIXTURES / "hotpot_distractor.json")[:1]
+    seen: list[str] = []
+    after.generator_loss = lambda prompts, *a, **k: seen.extend(prompts) or torch.zeros(len(prompts))  # type: ignore[method-assign]
+    text.make_step(qa_cfg(tmp_path, "text", k_docs=3))(after, Batch(exs, [0], 0))
+    assert all(d.text[:20] in seen[0] for d in exs[0].docs) and "<MEM0>" not in seen[0]

@@ -19,7 +19,7 @@ import torch
 
 from .data.corpus import Document
 from .index.build import BuildReport, add_documents
-from .index.search import Searcher
+from .index.search import DEFAULT_NPROBE, Searcher
 from .index.store import MemoryIndex
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class ClaraRAG:
         k: int = 5,
         max_new_tokens: int = 32,
         search: str = "exact",
-        nprobe: int = 16,
+        nprobe: int = DEFAULT_NPROBE,
     ) -> None:
         index.check_model(model)
         self.model, self.index, self.k, self.max_new_tokens = model, index, k, max_new_tokens

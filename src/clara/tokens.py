@@ -133,6 +133,24 @@ def chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> str:
         )
 
 
+def cut(tokenizer: PreTrainedTokenizerBase, text: str, max_len: int) -> str:
+    """``text`` cut to its first ``max_len`` tokens: what the compressor would see of it."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_len else tokenizer.decode(ids[:max_len])
+
+
+def text_prompt(tokenizer: PreTrainedTokenizerBase, question: str, docs: list[str]) -> str:
+    """The answer prompt with documents as raw text (full-text RAG baselines; none = closed-book).
+
+    Same system text and question layout as CLaRa's ``answer`` prompt, so only the
+    document representation differs between a text reader and CLaRa.
+    """
+    if not docs:
+        return chat(tokenizer, QA_SYSTEM, f"Question:{question}")
+    background = "\n\n".join(f"[{i + 1}] {d}" for i, d in enumerate(docs))
+    return chat(tokenizer, QA_SYSTEM, f"Background:\n{background}\n\nQuestion:{question}")
+
+
 def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     task: str,

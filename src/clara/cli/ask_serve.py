@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .index import MODEL_HELP, fail, load_model
+from .index import DEFAULT_NPROBE, MODEL_HELP, fail, load_model
 
 if TYPE_CHECKING:
     from ..index import MemoryIndex
@@ -106,6 +106,7 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Default longest answer."),
         max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most concurrent asks per generate call."),
         search: str = typer.Option("exact", help="exact, or ann (needs `clara index ann`)."),
+        nprobe: int = typer.Option(DEFAULT_NPROBE, "--nprobe", min=1, help="IVF cells visited by --search ann."),
         device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
     ) -> None:
         """Serve ask/retrieve/documents over HTTP (OpenAPI docs at /docs)."""
@@ -118,7 +119,7 @@ def register(app: typer.Typer) -> None:
         clara, model_path = load_model(model, device, index_dir)
         index = open_index(clara, model_path, index_dir)
         try:
-            rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens, search=search)
+            rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens, search=search, nprobe=nprobe)
         except (DataError, ValueError) as e:
             fail(e)
         app_ = create_app(rag, ServerConfig(max_batch=max_batch))

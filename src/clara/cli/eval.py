@@ -31,6 +31,9 @@ def eval_command(
     first_answer_only: bool = typer.Option(False, "--first-answer-only", help="Score the first gold answer only."),
     retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Recall@1/3/5 only, no generation."),
     backbone: Optional[str] = typer.Option(None, help="Backbone for baseline-only runs or to override a checkpoint's."),
+    text_checkpoint: Optional[Path] = typer.Option(
+        None, exists=True, help="Checkpoint of `clara train text`, read by the full-text-lora and gold-text-lora systems."
+    ),
     corpus: Optional[Path] = typer.Option(None, help="Passage corpus for the 2wiki questions form."),
     pool_corpus: Optional[Path] = typer.Option(None, help="Extra documents pooled in the normal setting."),
     negatives: int = typer.Option(0, help="2wiki questions form: random negatives per question."),
@@ -46,7 +49,8 @@ def eval_command(
     try:
         cfg = EvalConfig(
             data=str(data), out_dir=str(out), fmt=fmt, setting=setting, systems=list(system),
-            checkpoints=list(checkpoint), backbone=backbone, top_k=top_k, limit=limit, seed=seed,
+            checkpoints=list(checkpoint), backbone=backbone,
+            text_checkpoint=str(text_checkpoint) if text_checkpoint else None, top_k=top_k, limit=limit, seed=seed,
             split=str(split) if split else None,
             first_answer_only=first_answer_only, retrieval_only=retrieval_only, max_new_tokens=max_new_tokens,
             batch_size=batch_size, corpus=str(corpus) if corpus else None,

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 console = Console()
 index_app = typer.Typer(help="Compress a corpus into a memory index, inspect and search it.", no_args_is_help=True)
 
+# clara.index.search.DEFAULT_NPROBE, repeated (a test keeps them equal) so that the CLI
+# starts without importing torch and faiss
+DEFAULT_NPROBE = 64
 MODEL_HELP = "CLaRa checkpoint folder (default: the one recorded by the index, else the shipped default)."
 
 
@@ -170,6 +173,7 @@ def search(
     query: str = typer.Argument(..., help="Question or query text."),
     k: int = typer.Option(5, "-k", help="Documents to return."),
     ann: bool = typer.Option(False, "--ann", help="Use the approximate (FAISS) path."),
+    nprobe: int = typer.Option(DEFAULT_NPROBE, "--nprobe", min=1, help="IVF cells visited by --ann (more: better recall, slower)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
@@ -180,7 +184,7 @@ def search(
 
     index, clara = open_with_model(index_dir, model, device)
     try:
-        searcher = Searcher(index, method="ann" if ann else "exact")
+        searcher = Searcher(index, method="ann" if ann else "exact", nprobe=nprobe)
     except DataError as e:
         fail(e)
     if k < 1:

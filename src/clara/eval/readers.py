@@ -2,7 +2,9 @@
 
     ClaraReader  the generator adapter reads the documents' memory states (CLaRa)
     TextReader   the plain backbone (adapters off) reads the documents' raw text through its
-                 chat template, or no documents at all (closed-book)
+                 chat template, or no documents at all (closed-book); with ``adapter="generator"``
+                 the generator LoRA of a checkpoint trained by stage ``text`` reads it (the fair
+                 full-text baseline)
 
 Both use the same instruction as CLaRa's answer prompt so that only the document
 representation differs between systems.
@@ -43,23 +45,19 @@ class TextReader:
     full-text and compressed systems read the same information.
     """
 
-    def __init__(self, model: "ClaraModel", max_new_tokens: int = 32, doc_max_len: int | None = None) -> None:
-        self.model, self.max_new_tokens = model, max_new_tokens
+    def __init__(
+        self, model: "ClaraModel", max_new_tokens: int = 32, doc_max_len: int | None = None, adapter: str | None = None
+    ) -> None:
+        self.model, self.max_new_tokens, self.adapter = model, max_new_tokens, adapter
         self.doc_max_len = doc_max_len or model.config.doc_max_len
 
-    def _cut(self, text: str) -> str:
-        ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= self.doc_max_len else self.model.tokenizer.decode(ids[: self.doc_max_len])
-
     def prompt(self, question: str, docs: Sequence[Document]) -> str:
-        if not docs:
-            return tokens.chat(self.model.tokenizer, tokens.QA_SYSTEM, f"Question:{question}")
-        background = "\n\n".join(f"[{i + 1}] {self._cut(d.full_text())}" for i, d in enumerate(docs))
-        return tokens.chat(self.model.tokenizer, tokens.QA_SYSTEM, f"Background:\n{background}\n\nQuestion:{question}")
+        cut = [tokens.cut(self.model.tokenizer, d.full_text(), self.doc_max_len) for d in docs]
+        return tokens.text_prompt(self.model.tokenizer, question, cut)
 
     @torch.no_grad()
     def answer(self, questions: Sequence[str], docs: Sequence[Sequence[Document]]) -> list[str]:
         n_mem, h = self.model.config.n_mem, self.model.hidden_size
         prompts = [self.prompt(q, d) for q, d in zip(questions, docs)]
         empty = [torch.zeros(0, n_mem, h) for _ in prompts]
-        return self.model.generate_from_prompts(prompts, empty, max_new_tokens=self.max_new_tokens, adapter=None)
+        return self.model.generate_from_prompts(prompts, empty, max_new_tokens=self.max_new_tokens, adapter=self.adapter)

@@ -9,7 +9,9 @@ Settings (CLARA.md section 7):
 Systems share one backbone: ``clara`` (memory-state retrieval and reading, per checkpoint),
 ``closed-book`` (backbone, no documents), ``full-text`` (CLaRa's top-k read as raw text),
 ``gold-text`` (the gold documents as raw text), ``bm25`` and ``minilm`` (their top-k as raw
-text). ``retrieval_only`` scores Recall@k alone and generates nothing.
+text). ``full-text-lora`` and ``gold-text-lora`` read the same text with the generator LoRA of
+``text_checkpoint`` (trained by ``clara train text`` on the same QA data: the fair full-text
+RAG baseline). ``retrieval_only`` scores Recall@k alone and generates nothing.
 
 From Python::
 
@@ -53,6 +55,8 @@ SYSTEMS: dict[str, tuple[str | None, str]] = {
     "gold-text": ("gold", "text"),
     "bm25": ("bm25", "text"),
     "minilm": ("minilm", "text"),
+    "full-text-lora": ("clara", "text-lora"),
+    "gold-text-lora": ("gold", "text-lora"),
 }
 RECALL_KS = (1, 3, 5)
 
@@ -74,6 +78,9 @@ class EvalConfig:
     )
     backbone: str | None = field(
         default=None, metadata={"help": "Backbone for baseline-only runs, or to override the checkpoints' one."}
+    )
+    text_checkpoint: str | None = field(
+        default=None, metadata={"help": "Checkpoint of `clara train text` read by the *-text-lora systems."}
     )
     top_k: int = field(default=5, metadata={"help": "Documents each reader gets."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
@@ -98,6 +105,8 @@ class EvalConfig:
         unknown = [s for s in self.systems if s not in SYSTEMS]
         if unknown:
             raise ValueError(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+        if any(SYSTEMS[s][1] == "text-lora" for s in self.systems) and not self.text_checkpoint and not self.retrieval_only:
+            raise ValueError("the *-text-lora systems need text_checkpoint (a checkpoint trained by `clara train text`)")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
@@ -174,7 +183,12 @@ def build_systems(
     cfg: EvalConfig, models: Sequence[tuple[str, "ClaraModel"]], base: "ClaraModel | None"
 ) -> list[System]:
     """Instantiate the requested systems; CLaRa-based ones once per checkpoint."""
+    from ..model import ClaraModel
+
     systems: list[System] = []
+    text_model = None
+    if not cfg.retrieval_only and any(SYSTEMS[s][1] == "text-lora" for s in cfg.systems):
+        text_model = ClaraModel.from_pretrained(cfg.text_checkpoint, backbone=cfg.backbone, device=cfg.device)
     clara_parts = {label: ClaraRetriever(m, name=f"clara@{label}") for label, m in models}
     several = len(models) > 1
     shared: dict[str, Retriever] = {}
@@ -182,7 +196,7 @@ def build_systems(
         retriever_kind, reader_kind = SYSTEMS[name]
         if cfg.retrieval_only and retriever_kind in (None, "gold"):
             continue  # nothing to measure without a real retriever
-        if cfg.retrieval_only and name == "full-text" and "clara" in cfg.systems:
+        if cfg.retrieval_only and name in ("full-text", "full-text-lora") and "clara" in cfg.systems:
             continue  # same retriever as 'clara'
         per_ckpt = retriever_kind == "clara" or reader_kind == "clara"
         for label, model in (models if per_ckpt else [("", base)]):
@@ -197,8 +211,13 @@ def build_systems(
                 retriever = shared[retriever_kind]
             reader = None
             if not cfg.retrieval_only:
-                reader = (ClaraReader(clara_parts[label], cfg.max_new_tokens) if reader_kind == "clara"
-                          else TextReader(model, cfg.max_new_tokens))
+                if reader_kind == "clara":
+                    reader = ClaraReader(clara_parts[label], cfg.max_new_tokens)
+                elif reader_kind == "text-lora":
+                    # documents cut like the CLaRa model's own input, read by the text-trained LoRA
+                    reader = TextReader(text_model, cfg.max_new_tokens, (model or text_model).config.doc_max_len, adapter="generator")
+                else:
+                    reader = TextReader(model, cfg.max_new_tokens)
             info: dict[str, Any] = {"retriever": retriever_kind, "reader": reader_kind}
             if per_ckpt:
                 info.update(checkpoint=label, compression_ratio=model.config.compression_ratio, n_mem=model.config.n_mem)

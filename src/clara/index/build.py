@@ -7,6 +7,7 @@ build killed at any point is completed by running the same command again.
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -75,25 +76,34 @@ def add_documents(
     """
     import time
 
+    from ..model import MERGE_MIN_TEXTS
+
     start = time.perf_counter()
     added = skipped = 0
     bar = tqdm(total=total, initial=0, unit="doc", desc="compress", disable=not progress, dynamic_ncols=True)
-    for chunk in _batches(docs, int(index.manifest["shard_size"])):
-        new = [d for d in chunk if d.id not in index]
-        skipped += len(chunk) - len(new)
-        bar.update(len(chunk) - len(new))
-        if not new:
-            continue
-        texts = [d.full_text() for d in new]
-        # length-bucketed: batches of similar length pad little; rows go back to corpus order
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        states = torch.empty(len(new), index.n_mem, index.hidden_size)  # (n, n_mem, H)
-        for b in range(0, len(order), batch_size):
-            rows = order[b : b + batch_size]
-            states[rows] = model.compress([texts[i] for i in rows], batch_size=batch_size).float().cpu()
-            bar.update(len(rows))
-        index.add(new, states)
-        added += len(new)
+    with ExitStack() as stack:
+        merged = False
+        for chunk in _batches(docs, int(index.manifest["shard_size"])):
+            new = [d for d in chunk if d.id not in index]
+            skipped += len(chunk) - len(new)
+            bar.update(len(chunk) - len(new))
+            if not new:
+                continue
+            if len(new) >= MERGE_MIN_TEXTS and not merged:
+                # fold the compressor LoRA into the weights once for the whole run (not once per
+                # batch): a forward then costs a plain forward of the backbone
+                stack.enter_context(model.merged("compressor"))
+                merged = True
+            texts = [d.full_text() for d in new]
+            # length-bucketed: batches of similar length pad little; rows go back to corpus order
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            states = torch.empty(len(new), index.n_mem, index.hidden_size)  # (n, n_mem, H)
+            for b in range(0, len(order), batch_size):
+                rows = order[b : b + batch_size]
+                states[rows] = model.compress([texts[i] for i in rows], batch_size=batch_size).float().cpu()
+                bar.update(len(rows))
+            index.add(new, states)
+            added += len(new)
     bar.close()
     seconds = time.perf_counter() - start
     if skipped:

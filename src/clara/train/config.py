@@ -9,14 +9,14 @@ from typing import Any
 
 import yaml
 
-STAGES = ("scp", "instruct", "e2e")
+STAGES = ("scp", "instruct", "e2e", "text")
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters and data of one training stage (CLARA.md sections 3-5)."""
 
-    stage: str = field(default="scp", metadata={"help": "scp (stage 1), instruct (stage 2) or e2e (stage 3)."})
+    stage: str = field(default="scp", metadata={"help": "scp (stage 1), instruct (stage 2), e2e (stage 3), or text (full-text baseline)."})
     output_dir: str = field(default="runs/scp", metadata={"help": "Checkpoints, metrics.jsonl and the final model."})
     init: str = field(default="", metadata={"help": "Previous stage's checkpoint folder; empty = fresh adapters on `model.backbone`."})
     model: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClaraConfig fields for a fresh model."})
@@ -38,6 +38,7 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps (0 = epochs * steps per epoch)."})
     max_minutes: float = field(default=0.0, metadata={"help": "Stop cleanly (and save) after this many minutes (0 = no limit)."})
     mse_weight: float = field(default=0.1, metadata={"help": "lambda of CE + lambda * MSE (scp, instruct)."})
+    bow_weight: float = field(default=0.0, metadata={"help": "Weight of the bag-of-words anchoring loss on memory slots (scp, instruct; clara/train/bow.py; 0 = the paper)."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})

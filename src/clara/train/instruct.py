@@ -1,6 +1,6 @@
 """Stage 2, compression instruction tuning: question + k compressed documents -> answer.
 
-Loss CE + lambda * MSE over all read documents; compressor and generator adapters train.
+Loss CE + lambda * MSE (+ optional bag-of-words anchoring, clara/train/bow.py) over all read documents; compressor and generator adapters train.
 Each question reads its gold documents plus negatives from its own candidates, shuffled
 with a seeded RNG, so the generator learns to find the answer among distractors.
 """
@@ -8,13 +8,13 @@ with a seeded RNG, so the generator learns to find the answer among distractors.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..data.qa import QAExample
 from ..model import ClaraModel
 from .batch import Batch
 from .config import TrainConfig
 from .rows import row_rng
+from .scp import with_memory_losses
 
 
 def read_set(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[str]:
@@ -41,7 +41,6 @@ def make_step(cfg: TrainConfig):
         prompts = model.answer_prompts([ex.question for ex in exs], [len(s) for s in sets])
         ce = model.generator_loss(prompts, [ex.answers[0] for ex in exs], per_q, max_target_len=cfg.max_target_len, per_example=True
         ).mean()
-        mse = F.mse_loss(states.mean(1).float(), text_mean.float())
-        return ce + cfg.mse_weight * mse, {"ce": ce.item(), "mse": mse.item()}
+        return with_memory_losses(model, cfg, ce, flat, states, text_mean)
 
     return step

@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 from ..config import ClaraConfig
 from ..data.qa import QAExample, load_qa
 from ..model import ClaraModel
-from . import e2e, instruct, scp
+from . import e2e, instruct, scp, text
 from .config import TrainConfig
 from .info_flow import info_flow
 from .loop import train_loop
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def build_model(cfg: TrainConfig) -> ClaraModel:
     """Start from the previous stage's checkpoint, or fresh adapters on a backbone."""
     if cfg.init:
-        overrides = {k: v for k, v in cfg.model.items() if k in ("device", "dtype")}
+        # a checkpoint fixes the model's shape; only placement and the memory readout may change
+        overrides = {k: v for k, v in cfg.model.items() if k in ("device", "dtype", "mem_readout", "mem_scale")}
         return ClaraModel.from_pretrained(cfg.init, **overrides)
     return ClaraModel.from_backbone(ClaraConfig(**cfg.model))
 
@@ -78,6 +79,10 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
         data = qa_data(cfg, exclude)
         model.set_trainable(("compressor", "generator"), mem_rows=True)
         step = instruct.make_step(cfg)
+    elif cfg.stage == "text":
+        data = qa_data(cfg, exclude)
+        model.set_trainable(("generator",), mem_rows=False)
+        step = text.make_step(cfg)
     else:
         data = e2e.add_candidates(qa_data(cfg, exclude), cfg.n_candidates, cfg.seed)
         # the query reasoner starts as a copy of the compressor (CLARA.md section 5)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..model import ClaraModel
 from .batch import Batch
+from .bow import bow_loss
 from .config import TrainConfig
 from .rows import ScpRow, pick_task, row_rng, scp_example
 
@@ -36,10 +37,24 @@ def make_step(cfg: TrainConfig):
             prompts, targets, [s.unsqueeze(0) for s in states], max_target_len=cfg.max_target_len, per_example=True,
             adapter="generator" if cfg.train_generator else None,
         ).mean()  # mean of per-example means: equal across any split of the batch over processes
-        mse = F.mse_loss(states.mean(1).float(), text_mean.float())
-        return ce + cfg.mse_weight * mse, {"ce": ce.item(), "mse": mse.item()}
+        return with_memory_losses(model, cfg, ce, [r.doc for r in rows], states, text_mean)
 
     return step
+
+
+def with_memory_losses(
+    model: ClaraModel, cfg: TrainConfig, ce: torch.Tensor, texts: list[str], states: torch.Tensor, text_mean: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CE + lambda * MSE (+ bow_weight * bag-of-words anchoring): the loss of stages 1 and 2, with its parts.
+
+    ``states``: (N, n_mem, H) memory states of ``texts``; ``text_mean``: (N, H) their mean text-token states.
+    """
+    mse = F.mse_loss(states.mean(1).float(), text_mean.float())
+    loss, parts = ce + cfg.mse_weight * mse, {"ce": ce.item(), "mse": mse.item()}
+    if cfg.bow_weight:
+        bow = bow_loss(model, texts, states)
+        loss, parts["bow"] = loss + cfg.bow_weight * bow, bow.item()
+    return loss, parts
 
 
 def trainable(cfg: TrainConfig) -> tuple[tuple[str, ...], bool]:

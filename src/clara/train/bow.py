@@ -1,0 +1,56 @@
+"""Bag-of-words anchoring of memory states: an auxiliary compressor loss for small backbones.
+
+Not in the paper. At 135M parameters the paper's CE + MSE objective lets the memory states
+collapse to one document-independent vector (docs/training.md): the generator learns to
+ignore the memory before the compressor has learned to write anything into it. This loss
+gives the compressor a direct, dense signal from the first step: memory slot ``i`` of a
+document, read through the backbone's own output head, must predict the tokens of the
+``i``-th of ``n_mem`` equal spans of that document::
+
+    bow = mean over document tokens t of  -log softmax(lm_head(state[slot(t)]))[t]
+
+so every slot holds its span's words (document-specific by construction), in the space the
+output head (tied to the input embeddings in most small LMs) already reads.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..model import ClaraModel
+
+
+def span_targets(model: ClaraModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every kept document token: (row, slot, token id), each a (T,) tensor.
+
+    Token ``j`` of a document with ``L`` kept tokens belongs to slot ``j * n_mem // L``, so
+    short documents spread over all slots too.
+    """
+    n_mem, max_len = model.config.n_mem, model.config.doc_max_len
+    bodies = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    rows, slots, ids = [], [], []
+    for b, body in enumerate(bodies):
+        body = body[:max_len]  # the compressor sees the same truncation
+        n = len(body)
+        rows += [b] * n
+        slots += [j * n_mem // n for j in range(n)]
+        ids += body
+    dev = model.device
+    return (torch.tensor(rows, device=dev), torch.tensor(slots, device=dev), torch.tensor(ids, device=dev))
+
+
+def bow_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> torch.Tensor:
+    """Mean token loss of each document's span tokens under its memory slots: a scalar.
+
+    ``states``: (B, n_mem, H), the compressor's memory states of ``texts``.
+    """
+    rows, slots, ids = span_targets(model, texts)
+    logp = F.log_softmax(model.logits(states), dim=-1)  # (B, n_mem, V)
+    tok_loss = -logp[rows, slots, ids]  # (T,)
+    # mean of per-document means, so a batch split over processes gives the same loss
+    sums = torch.zeros(states.shape[0], device=states.device).index_add_(0, rows, tok_loss)
+    counts = torch.zeros_like(sums).index_add_(0, rows, torch.ones_like(tok_loss))
+    return (sums / counts.clamp(min=1)).mean()

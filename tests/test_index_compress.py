@@ -1,0 +1,100 @@
+"""Index builds fold the compressor LoRA into the weights (ClaraModel.merged): same states, weights restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clara import ClaraModel
+from clara.index import MemoryIndex, add_documents, open_or_create
+from clara.model import MERGE_MIN_TEXTS
+
+from .conftest import DOCS
+
+TEXTS = DOCS * 6  # 18 texts: at least MERGE_MIN_TEXTS, so compress merges
+QUESTIONS = ["Who edited Thrasher?", "Where is the Eiffel Tower?"]
+
+
+def _snapshot(model: ClaraModel) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def _other_adapters(model: ClaraModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs that depend on the query reasoner, the generator and the plain backbone."""
+    q = model._encode(QUESTIONS, "query_reasoner", model.config.query_max_len)[0]
+    states = model._encode(DOCS[:2], "compressor", model.config.doc_max_len)[0]
+    prompts = model.answer_prompts(QUESTIONS, [1, 1])
+    loss = model.generator_loss(prompts, ["Jake Phelps", "Paris"], [states[:1], states[1:]], per_example=True)
+    with model.adapter(None):
+        plain = model.lm(input_ids=torch.tensor([[5, 6, 7, 8]], device=model.device)).logits
+    return q, loss, plain
+
+
+def test_merged_gives_unmerged_states_and_restores_every_weight(arch_model):
+    model = arch_model.eval()
+    assert MERGE_MIN_TEXTS <= len(TEXTS)
+    before = _snapshot(model)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    others = _other_adapters(model)
+    with torch.no_grad():
+        want = model._encode(TEXTS, "compressor", model.config.doc_max_len)[0]  # unmerged LoRA branches
+        with model.merged("compressor"):
+            inside = model._encode(TEXTS, "compressor", model.config.doc_max_len)[0]
+            nested = model.compress(TEXTS, batch_size=len(TEXTS))  # nested merge of the same adapter: a no-op
+        got = model.compress(TEXTS, batch_size=len(TEXTS))  # merges by itself (no grad, enough texts)
+    for states in (inside, nested, got):
+        torch.testing.assert_close(states, want, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the adapter matters: another one gives other states
+        other = model._encode(TEXTS, "query_reasoner", model.config.doc_max_len)[0]
+    assert (other - want).abs().max() > 1e-2
+    # the original tensors are put back: bit for bit, not W + d - d
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+        assert p.requires_grad == flags[name], name
+    for a, b in zip(others, _other_adapters(model)):
+        assert torch.equal(a, b)
+
+
+def test_merged_restores_weights_after_an_error_and_refuses_misuse(model):
+    before = _snapshot(model)
+    with torch.no_grad():
+        with pytest.raises(KeyError):
+            with model.merged("compressor"):
+                raise KeyError("boom")
+        with model.merged("compressor"):
+            with pytest.raises(RuntimeError, match="cannot be merged inside"):
+                with model.merged("generator"):
+                    pass
+        with pytest.raises(ValueError, match="unknown adapter"):
+            with model.merged("nope"):
+                pass
+    with pytest.raises(RuntimeError, match="inference only"):
+        with model.merged("compressor"):
+            pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_compress_under_grad_does_not_merge_and_keeps_gradients(model):
+    model.set_trainable(["compressor"])
+    try:
+        states = model.compress(TEXTS, batch_size=len(TEXTS))
+        states.sum().backward()
+        grads = [p.grad for n, p in model.named_parameters() if ".compressor." in n and "lora_B" in n]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.set_trainable([])
+
+
+def test_index_build_stores_the_unmerged_states(model, tmp_path):
+    texts = [f"{t} (copy {i})" for i, t in enumerate(TEXTS)]
+    from clara.data.corpus import Document
+
+    docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]
+    index = open_or_create(model, tmp_path / "idx")
+    add_documents(model, index, docs, batch_size=4, progress=False)
+    with torch.no_grad():
+        want = torch.stack([model._encode([t], "compressor", model.config.doc_max_len)[0][0] for t in texts])
+    stored = MemoryIndex.open(tmp_path / "idx").states(list(range(len(texts))))
+    torch.testing.assert_close(stored, want.half().float(), atol=2e-3, rtol=2e-3)
