@@ -21,3 +21,7 @@ clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.j
 clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_RETRIEVAL" \
     --setting oracle --retrieval-only -s clara -s bm25 -s minilm -c "$CKPT" \
     --device cpu -o benchmarks/results/quality_hotpot_retrieval
+# normal setting: every paragraph of the first N_ANSWER dev questions pooled into one corpus
+clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_ANSWER" \
+    --setting normal --retrieval-only -s clara -s bm25 -s minilm -c "$CKPT" \
+    --device cpu -o benchmarks/results/quality_hotpot_normal_retrieval
