@@ -246,22 +246,29 @@ class SyntheticStates:
     noise that no low-dimensional projection keeps; kept for comparison only.
     """
 
-    FIRST_AXIS = 0.43  # share of the residual variance on the first principal axis
-    DECAY = 1.5  # the other axes: variance ~ i**-DECAY
-    RESIDUAL = 0.0173  # |residual| / |mean| of documents
-    QUERY_RESIDUAL = 1.94  # |query residual| / |document residual|
+    #: per generator: share of the residual variance on the first principal axis, decay of the
+    #: other axes (variance ~ i**-decay), |residual| / |mean| of documents, |query residual| /
+    #: |document residual|. ``anisotropic``: the previous default's (collapsed) states;
+    #: ``spread``: the current default's (search_NOTES.md: top-1/10/50 axes 5%/26%/55% on a
+    #: 300-document sample, which overstates concentration; decay 1.0 gives 5%/28%/47%).
+    PROFILES = {
+        "anisotropic": {"first_axis": 0.43, "decay": 1.5, "residual": 0.0173, "query_residual": 1.94},
+        "spread": {"first_axis": 0.051, "decay": 1.0, "residual": 0.577, "query_residual": 1.05},
+    }
 
     def __init__(self, n: int, n_mem: int, hidden: int, kind: str = "anisotropic", seed: int = 0) -> None:
         self.n, self.dim, self.kind, self.seed = n, n_mem * hidden, kind, seed
         rng = np.random.default_rng(seed)
-        if kind == "anisotropic":
+        if kind in self.PROFILES:
+            prof = self.PROFILES[kind]
+            self.query_residual = prof["query_residual"]
             axes, _ = np.linalg.qr(rng.standard_normal((self.dim, self.dim)))  # random orthonormal axes
-            var = np.arange(1, self.dim + 1, dtype=np.float64) ** -self.DECAY
+            var = np.arange(1, self.dim + 1, dtype=np.float64) ** -prof["decay"]
             var[0] = 0.0
-            var *= (1 - self.FIRST_AXIS) / var.sum()
-            var[0] = self.FIRST_AXIS
+            var *= (1 - prof["first_axis"]) / var.sum()
+            var[0] = prof["first_axis"]
             self.mean = (2.4 * rng.standard_normal(self.dim)).astype(np.float32)  # per-dim rms like SmolLM2's states
-            scale = self.RESIDUAL * float(np.linalg.norm(self.mean))
+            scale = prof["residual"] * float(np.linalg.norm(self.mean))
             self.basis = (scale * np.sqrt(var)[:, None] * axes.T).astype(np.float32)  # (D, D): residual = z @ basis
         elif kind == "clusters":
             self.centers = rng.standard_normal((max(16, n // 200), self.dim)).astype(np.float32)
@@ -273,15 +280,15 @@ class SyntheticStates:
         """Rows [first, first+count) as (count, D) float32; the same rows whatever the blocking."""
         rng = np.random.default_rng([self.seed, 1, first])
         z = rng.standard_normal((count, self.dim), dtype=np.float32)
-        if self.kind == "anisotropic":
+        if self.kind in self.PROFILES:
             return self.mean + z @ self.basis
         return self.centers[self.assign[first : first + count]] + 0.8 * z
 
     def queries(self, count: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 2])
         z = rng.standard_normal((count, self.dim), dtype=np.float32)
-        if self.kind == "anisotropic":
-            return self.mean + self.QUERY_RESIDUAL * (z @ self.basis)
+        if self.kind in self.PROFILES:
+            return self.mean + self.query_residual * (z @ self.basis)
         return self.centers[self.assign[rng.choice(self.n, count, replace=False)]] + 0.8 * z
 
 
@@ -389,7 +396,7 @@ def main() -> None:
     p.add_argument("--ann-dim", type=int, default=256)
     p.add_argument("--nprobe", default="16,64,128", help="comma-separated IVF probes to measure (`search`)")
     p.add_argument("--rerank", default="10,30", help="comma-separated re-scored candidates per result (`search`)")
-    p.add_argument("--synthetic", default="anisotropic", choices=["anisotropic", "clusters"],
+    p.add_argument("--synthetic", default="anisotropic", choices=["anisotropic", "spread", "clusters"],
                    help="synthetic states for `search` (see SyntheticStates; `clusters` is the old, unrealistic one)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and FAISS threads")
     p.add_argument("--tmp", type=Path, default=None, help="where synthetic indexes are written")
