@@ -3,7 +3,9 @@
 #   .dev_a/  gguf.part0 + the gguf wheel        (carried in a first call)
 #   .dev_b/  gguf.part1 + train_data/            (carried in the second)
 # Stage 1 runs two recipes side by side; the one whose information-flow ratio is best comes
-# back (fp16, split under 16 MiB), with recipe a's for comparison. Stages 2-3 run on CPU.
+# back (fp16, split under 16 MiB), with recipe a's for comparison. Stages 2-3 run on CPU
+# (scripts/train_default_cpu.sh shows their overrides). Recipes changed on 2026-11-27 to the
+# anchored soft-token recipe (docs/training.md); not yet run on a GPU.
 set -uo pipefail
 T1=${T1:-4}
 OUT=${OUT:-out}; mkdir -p "$OUT" runs/logs
@@ -18,12 +20,14 @@ python3 -c "from clara.backbone import resolve_backbone; print(resolve_backbone(
 # same batches are finite), and the loop now also skips non-finite updates
 common="model.device=cuda mixed_precision=no save_every=100000"
 run() { name=$1; shift; python3 -m clara train "$@" $common > runs/logs/$name.log 2>&1; echo "$name exit $?"; }
-# recipe a: ICAE-style frozen generator, states scaled to the embedding norm (47 -> ~3.3)
-run scp_a scp -c configs/default/scp.yaml output_dir=runs/scp_a max_minutes=$T1 lr=1e-3 train_generator=false \
-    model.mem_scale=0.07 eval_every=100 max_steps=${STEPS:-600} &
-# recipe b: both adapters train (the paper), same scaling, reconstruction-heavy
-run scp_b scp -c configs/default/scp.yaml output_dir=runs/scp_b max_minutes=$T1 lr=5e-4 \
-    model.mem_scale=0.07 eval_every=100 max_steps=${STEPS:-600} "task_weights={qa: 0.5, qa_single: 1.0, reconstruct: 3.0}" &
+# recipe a: the CPU recipe that made information flow (bag-of-words anchoring + soft-token
+# readout, configs/default/scp_cpu.yaml), at GPU batch size and for many more steps
+run scp_a scp -c configs/default/scp_cpu.yaml output_dir=runs/scp_a max_minutes=$T1 batch_size=32 \
+    model.mem_readout=soft_tokens eval_every=100 eval_rows=32 log_every=20 save_every=100000 max_steps=${STEPS:-2000} &
+# recipe b: the same at 256-token documents (16 memory tokens, the paper's layout)
+run scp_b scp -c configs/default/scp_cpu.yaml output_dir=runs/scp_b max_minutes=$T1 batch_size=32 \
+    model.mem_readout=soft_tokens model.doc_max_len=256 eval_every=100 eval_rows=32 log_every=20 \
+    save_every=100000 max_steps=${STEPS:-2000} &
 wait
 best=$(python3 scripts/pick_best.py runs/scp_a runs/scp_b)
 echo "best stage 1: $best"
