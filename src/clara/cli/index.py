@@ -22,7 +22,7 @@ index_app = typer.Typer(help="Compress a corpus into a memory index, inspect and
 
 # clara.index.search.DEFAULT_NPROBE, repeated (a test keeps them equal) so that the CLI
 # starts without importing torch and faiss
-DEFAULT_NPROBE = 64
+DEFAULT_NPROBE = 128
 MODEL_HELP = "CLaRa checkpoint folder (default: the one recorded by the index, else the shipped default)."
 
 

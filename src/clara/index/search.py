@@ -93,7 +93,7 @@ def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor) -> to
 
 # ---------------------------------------------------------------------- approximate path
 ANN_KIND = "centred-pca-ivf-flat"  # + the discarded-norm coordinate (AnnProjection)
-DEFAULT_NPROBE = 64  # of at most ~1300 cells: recall@10 0.98 at ~4 ms on 1M realistic synthetic states
+DEFAULT_NPROBE = 128  # of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the shipped default's (search_NOTES.md)
 
 
 @dataclass
