@@ -37,11 +37,7 @@ def lens_logits(model: "ClaraModel", states: torch.Tensor) -> torch.Tensor:
     if states.dim() != 3 or states.shape[-1] != model.hidden_size:
         raise ValueError(f"states must be (N, n_mem, {model.hidden_size}), got {tuple(states.shape)}")
     head = model.lm.get_output_embeddings()
-    logits = head(states.to(model.device, head.weight.dtype)).float()
-    cap = getattr(model.lm.config, "final_logit_softcapping", None)
-    if cap:  # Gemma squashes its logits; the lens should see what the model sees
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return model.logits(states.to(model.device, head.weight.dtype))  # with Gemma's soft-capping: what the model sees
 
 
 @torch.no_grad()
