@@ -189,3 +189,30 @@ def test_bfloat16(backbones):
         d = model.compress(DOCS[:2])
     assert d.dtype == torch.bfloat16
     assert len(model.generate(["Who?"], [d[:1]], max_new_tokens=3)) == 1
+
+
+def test_soft_token_readout(arch_model: ClaraModel):
+    """mem_readout="soft_tokens": each state becomes the input embedding expected under the model's
+    own next-token distribution (Gemma: soft-capped logits, sqrt(H)-scaled embeddings), and the
+    generator loss still reaches the compressor through it."""
+    arch_model.config.mem_readout = "soft_tokens"
+    emb = arch_model.lm.get_input_embeddings()
+    with torch.no_grad():
+        states = arch_model.compress(DOCS[:2]).flatten(0, 1)  # (2 * n_mem, H)
+        logits = arch_model.lm.get_output_embeddings()(states).float()
+        cap = getattr(arch_model.lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        scale = getattr(emb, "embed_scale", None)
+        expected = logits.softmax(-1) @ emb.weight * (float(scale) if scale is not None else 1.0)
+        torch.testing.assert_close(arch_model.read_memory(states), expected, atol=1e-5, rtol=1e-4)
+        # a state that points along one token's output row reads back (almost) as that token's embedding
+        head = arch_model.lm.get_output_embeddings().weight
+        t = int(head.norm(dim=1).argmax())
+        one = arch_model.read_memory(1e4 * head[t : t + 1])
+        assert torch.nn.functional.cosine_similarity(one, emb.weight[t : t + 1]).item() > 0.99
+    arch_model.set_trainable(("compressor", "generator"), mem_rows=True)
+    states = arch_model.compress(DOCS[:1])
+    loss = arch_model.generator_loss(arch_model.answer_prompts(["Where?"], [1]), ["Paris"], [states])
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in arch_model.named_parameters() if ".compressor." in n)

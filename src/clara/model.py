@@ -362,7 +362,7 @@ class ClaraModel(nn.Module):
         if self.config.mem_readout == "states":
             return states * self.config.mem_scale
         emb = self.lm.get_input_embeddings()
-        probs = torch.softmax(self.lm.get_output_embeddings()(states).float(), dim=-1)  # (M, V)
+        probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
         soft = probs.to(emb.weight.dtype) @ emb.weight  # (M, H)
         scale = getattr(emb, "embed_scale", None)
         return (soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)) * self.config.mem_scale
