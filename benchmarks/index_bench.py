@@ -228,17 +228,20 @@ def bench_query(model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: 
 class SyntheticStates:
     """Synthetic memory states shaped like real CLaRa states, generated block by block.
 
-    ``anisotropic`` (the default) is calibrated on real states: the 300-document demo index
-    of the shipped checkpoint (n_mem 16, H 576) and 80 2Wiki questions encoded by its query
-    reasoner (``calibration()`` recomputes the same statistics on synthetic rows). Real
-    states share one dominant direction: pairwise cosine of different documents is 0.999
-    (p5 0.9991); the residual about the mean has 1.7% of the norm, a centred spectrum whose
-    first axis holds 43% of the variance and the rest decaying as i**-1.5 (top-10 axes 80%,
-    top-50 95%), and query residuals are about 1.9x larger. Here: a random mean direction
-    plus a Gaussian residual with that spectrum on random orthonormal axes; queries are
-    fresh draws with the residual scaled 1.94x (no planted neighbour, no cluster
-    structure: a harder case for IVF than topical real corpora). Rows are fp16-rounded on
-    storage like real ones.
+    Each profile is calibrated on real states: a 300-document demo index and 80 2Wiki
+    questions encoded by the query reasoner (``calibration()`` recomputes the same
+    statistics on synthetic rows; ``REAL_CALIBRATION`` holds the real ones). A random mean
+    direction plus a Gaussian residual whose centred spectrum puts ``first_axis`` of the
+    variance on one axis and decays as i**-decay on the others, on random orthonormal axes;
+    queries are fresh draws with the residual scaled ``query_residual`` (no planted
+    neighbour, no cluster structure: a harder case for IVF than topical real corpora). Rows
+    are fp16-rounded on storage like real ones.
+
+    ``spread`` (the default) fits the current shipped checkpoint (n_mem 8, H 576): pairwise
+    cosine of different documents 0.66, residual 58% of the norm, top-1/10/50 axes 5/26/55%
+    of the variance, queries about as spread as documents. ``anisotropic`` fits the previous
+    default (n_mem 16), whose states had collapsed: cosine 0.9996, residual 1.7%, top-1/10/50
+    axes 43/80/95%, query residuals 1.9x.
 
     ``clusters`` is the generator this benchmark used first: isotropic Gaussian cluster
     centres plus isotropic noise (pairwise cosine ~0 between clusters, ~0.6 inside). Real
@@ -256,7 +259,7 @@ class SyntheticStates:
         "spread": {"first_axis": 0.051, "decay": 1.0, "residual": 0.577, "query_residual": 1.05},
     }
 
-    def __init__(self, n: int, n_mem: int, hidden: int, kind: str = "anisotropic", seed: int = 0) -> None:
+    def __init__(self, n: int, n_mem: int, hidden: int, kind: str = "spread", seed: int = 0) -> None:
         self.n, self.dim, self.kind, self.seed = n, n_mem * hidden, kind, seed
         rng = np.random.default_rng(seed)
         if kind in self.PROFILES:
@@ -292,11 +295,16 @@ class SyntheticStates:
         return self.centers[self.assign[rng.choice(self.n, count, replace=False)]] + 0.8 * z
 
 
-# calibration() of the real states the generator was fitted on: the demo index of the shipped
-# checkpoint (300 2Wiki passages, n_mem 16, H 576) and 80 2Wiki questions through its query reasoner
+# calibration() of the real states each profile was fitted on (see SyntheticStates)
 REAL_CALIBRATION = {
-    "pairwise_cos_mean": 0.99962, "pairwise_cos_p5": 0.99914, "residual_norm": 0.0173,
-    "query_over_doc_residual": 1.94, "centred_variance_top_1_10_50": [0.429, 0.797, 0.95],
+    "spread": {
+        "pairwise_cos_mean": 0.65987, "pairwise_cos_p5": 0.59065, "residual_norm": 0.5769,
+        "query_over_doc_residual": 1.05, "centred_variance_top_1_10_50": [0.051, 0.259, 0.55],
+    },
+    "anisotropic": {
+        "pairwise_cos_mean": 0.99962, "pairwise_cos_p5": 0.99914, "residual_norm": 0.0173,
+        "query_over_doc_residual": 1.94, "centred_variance_top_1_10_50": [0.429, 0.797, 0.95],
+    },
 }
 
 
@@ -368,7 +376,7 @@ def bench_search(
         return {
             "n": n, "n_mem": n_mem, "hidden": hidden, "dim": n_mem * hidden, "storage": storage, "synthetic": kind,
             "synthetic_calibration": calibration(probe, gen.queries(min(n_queries, 80))),
-            "real_calibration": REAL_CALIBRATION,
+            "real_calibration": REAL_CALIBRATION.get(kind),
             "queries": n_queries, "bytes_per_document": index.stats()["bytes_per_document"], "write_s": round(write_s, 1),
             "exact_ms_per_query": round(float(np.median(exact_ms)), 1), "exact_queries_timed": len(exact_ms),
             "ann": info, "ann_build_s": round(ann_build_s, 1), "ann_by_setting": ann,
@@ -390,13 +398,13 @@ def main() -> None:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--n", type=int, default=100_000, help="synthetic documents for `search`")
-    p.add_argument("--n-mem", type=int, default=16)
+    p.add_argument("--n-mem", type=int, default=8, help="memory tokens per synthetic document (shipped default: 8)")
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--storage", default="float16", choices=["float16", "int8"])
     p.add_argument("--ann-dim", type=int, default=256)
     p.add_argument("--nprobe", default="16,64,128", help="comma-separated IVF probes to measure (`search`)")
     p.add_argument("--rerank", default="10,30", help="comma-separated re-scored candidates per result (`search`)")
-    p.add_argument("--synthetic", default="anisotropic", choices=["anisotropic", "spread", "clusters"],
+    p.add_argument("--synthetic", default="spread", choices=["anisotropic", "spread", "clusters"],
                    help="synthetic states for `search` (see SyntheticStates; `clusters` is the old, unrealistic one)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and FAISS threads")
     p.add_argument("--tmp", type=Path, default=None, help="where synthetic indexes are written")

@@ -9,9 +9,9 @@ and projected to ``dim`` dimensions by PCA, plus one coordinate holding the norm
 projection drops (see AnnProjection); an IVF index (L2) over those vectors proposes
 ``rerank * k`` candidates, and those are re-scored exactly. For unit vectors L2 distance
 ranks exactly like cosine and is translation invariant, so centring changes no ranking; it
-matters because real CLaRa states are highly anisotropic (pairwise cosine of different
-documents is 0.999): uncentred, the first principal axis is spent on the shared mean
-direction. Rows added after the ANN was built are scanned exactly, so new documents are
+matters because CLaRa states share a mean direction (pairwise cosine of different documents
+is 0.66 for the shipped default, 0.9996 for its collapsed predecessor): uncentred, the first
+principal axis is spent on it. Rows added after the ANN was built are scanned exactly, so new documents are
 always found.
 """
 
@@ -93,7 +93,9 @@ def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor) -> to
 
 # ---------------------------------------------------------------------- approximate path
 ANN_KIND = "centred-pca-ivf-flat"  # + the discarded-norm coordinate (AnnProjection)
-DEFAULT_NPROBE = 128  # of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the shipped default's (search_NOTES.md)
+# of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the shipped default's
+# (benchmarks/results/search_NOTES.md)
+DEFAULT_NPROBE = 128
 
 
 @dataclass
