@@ -44,6 +44,16 @@ def _worth_merging(texts: Sequence[str]) -> bool:
     return not torch.is_grad_enabled() and len(texts) >= MERGE_MIN_TEXTS
 
 
+def row_means(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of ``values`` (T,) per row index ``rows`` (T,): (n,); rows with no value get 0.
+
+    Losses are averaged per example first, so a batch split over processes averages the same.
+    """
+    sums = torch.zeros(n, device=values.device, dtype=values.dtype).index_add_(0, rows, values)
+    counts = torch.zeros(n, device=values.device, dtype=values.dtype).index_add_(0, rows, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token id lists: returns input_ids (B, T) and attention_mask (B, T)."""
     width = max(len(s) for s in seqs)
@@ -419,9 +429,7 @@ class ClaraModel(nn.Module):
         tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
         if not per_example:
             return tok_loss.mean()
-        row = sel.nonzero()[:, 0]  # example index of each target token
-        sums = torch.zeros(len(prompts), device=self.device).index_add_(0, row, tok_loss)
-        return sums / sel.sum(1).clamp(min=1)
+        return row_means(tok_loss, sel.nonzero()[:, 0], len(prompts))  # example index of each target token
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final states (..., H) -> float32 next-token logits (..., V) of the backbone's output head."""

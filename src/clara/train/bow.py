@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..model import ClaraModel
+from ..model import ClaraModel, row_means
 
 
 def span_targets(model: ClaraModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,8 +49,4 @@ def bow_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> t
     """
     rows, slots, ids = span_targets(model, texts)
     logp = F.log_softmax(model.logits(states), dim=-1)  # (B, n_mem, V)
-    tok_loss = -logp[rows, slots, ids]  # (T,)
-    # mean of per-document means, so a batch split over processes gives the same loss
-    sums = torch.zeros(states.shape[0], device=states.device).index_add_(0, rows, tok_loss)
-    counts = torch.zeros_like(sums).index_add_(0, rows, torch.ones_like(tok_loss))
-    return (sums / counts.clamp(min=1)).mean()
+    return row_means(-logp[rows, slots, ids], rows, states.shape[0]).mean()  # mean of per-document means
