@@ -149,12 +149,15 @@ def fixed_answer_length(model: ClaraModel, new_tokens: int) -> Iterator[None]:
 
 
 @torch.no_grad()
-def bench_query(model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int) -> dict:
+def bench_query(
+    model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int, premerge: bool = True
+) -> dict:
     """Per-query latency of CLaRa (encode, search, generate from states) vs full-text RAG.
 
     Full-text RAG uses the same backbone without adapters, the same retrieved documents
     (CLaRa's own query encoding and search, timed separately) with their text in the
-    prompt, and greedy decoding. Both generate exactly ``max_new_tokens`` tokens. The two
+    prompt, and greedy decoding. Both generate exactly ``max_new_tokens`` tokens. CLaRa runs
+    with its LoRA pre-merged (``ClaraRAG(premerge=...)``), so both pay plain-backbone matmuls. The two
     systems alternate order from one question to the next so load from other processes
     falls on both alike.
     """
@@ -164,7 +167,7 @@ def bench_query(model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: 
     try:
         index = open_or_create(model, tmp / "idx")
         add_documents(model, index, docs, progress=False)
-        rag = ClaraRAG(model, index, k=k, max_new_tokens=max_new_tokens)
+        rag = ClaraRAG(model, index, k=k, max_new_tokens=max_new_tokens, premerge=premerge)
         clara = {"encode": [], "search": [], "generate": [], "total": []}
         clara_answer_tokens: list[int] = []
         full = {"retrieve": [], "generate": [], "total": [], "prompt_tokens": [], "new_tokens": []}
@@ -205,7 +208,7 @@ def bench_query(model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: 
         doc_tokens = [len(model.tokenizer(d.full_text(), add_special_tokens=False)["input_ids"]) for d in docs]
         out = {
             "corpus": corpus, "docs": n_docs, "doc_tokens_median": int(np.median(doc_tokens)),
-            "queries": len(questions), "k": k, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
+            "queries": len(questions), "k": k, "premerge": premerge, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
             "n_mem": model.config.n_mem, "compression_ratio": model.config.compression_ratio,
             "memory_slots_in_prompt": k * model.config.n_mem,
             "clara_ms": {key: ms(v) for key, v in clara.items()},
@@ -408,7 +411,9 @@ def main() -> None:
                    help="synthetic states for `search` (see SyntheticStates; `clusters` is the old, unrealistic one)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and FAISS threads")
     p.add_argument("--tmp", type=Path, default=None, help="where synthetic indexes are written")
+    p.add_argument("--no-premerge", action="store_true", help="`query`: CLaRa with unmerged LoRA branches")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default=None, help="result file name (default: from the benchmark)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     set_threads(args.threads)
@@ -424,10 +429,13 @@ def main() -> None:
         if args.what == "compress":
             result = bench_compress(model, args.docs, args.batch_size, args.reps)
         else:
-            result = bench_query(model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens)
+            result = bench_query(
+                model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens, premerge=not args.no_premerge
+            )
         name = f"{args.what}.json" if args.what == "compress" else f"query_{args.corpus}.json"
     result = {"benchmark": args.what, "machine": machine(), "model": args.model or "default backbone, fresh adapters", **result}
     args.out.mkdir(parents=True, exist_ok=True)
+    name = args.name or name
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

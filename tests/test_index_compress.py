@@ -66,6 +66,10 @@ def test_merged_restores_weights_after_an_error_and_refuses_misuse(model):
             with pytest.raises(RuntimeError, match="cannot be merged inside"):
                 with model.merged("generator"):
                     pass
+            for other in ("generator", None):  # LoRA branches on over merged weights would count twice
+                with pytest.raises(RuntimeError, match="cannot run inside merged"):
+                    with model.adapter(other):
+                        pass
         with pytest.raises(ValueError, match="unknown adapter"):
             with model.merged("nope"):
                 pass
@@ -98,3 +102,70 @@ def test_index_build_stores_the_unmerged_states(model, tmp_path):
         want = torch.stack([model._encode([t], "compressor", model.config.doc_max_len)[0][0] for t in texts])
     stored = MemoryIndex.open(tmp_path / "idx").states(list(range(len(texts))))
     torch.testing.assert_close(stored, want.half().float(), atol=2e-3, rtol=2e-3)
+
+
+def _ask_path(model: ClaraModel) -> tuple[torch.Tensor, list[str]]:
+    """One question through the query reasoner and one greedy answer through the generator."""
+    with torch.no_grad():
+        q = model.encode_query(QUESTIONS[:1])
+        states = model._encode(DOCS[:2], "compressor", model.config.doc_max_len)[0]
+    return q, model.generate(QUESTIONS[:1], [states], max_new_tokens=6)
+
+
+def test_premerge_answers_one_question_merged_and_like_unmerged(arch_model, monkeypatch):
+    model = arch_model.eval()
+    before = _snapshot(model)
+    want_q, want_answer = _ask_path(model)  # one question: no merge without premerge
+    model.premerge("query_reasoner", "generator")
+    assert set(model._premerged) == {"query_reasoner", "generator"}
+
+    def no_merging(name):  # a pre-merged adapter must not be merged again per call
+        raise AssertionError(f"merged {name} again")
+
+    monkeypatch.setattr(model, "_merged_weights", no_merging)
+    seen = []
+    real_merged = model.merged
+    monkeypatch.setattr(model, "merged", lambda name: seen.append(name) or real_merged(name))
+    got_q, got_answer = _ask_path(model)
+    assert seen == ["query_reasoner", "generator"]
+    torch.testing.assert_close(got_q, want_q, atol=1e-4, rtol=1e-4)
+    assert got_answer == want_answer
+    for name, p in model.named_parameters():  # originals back after each call
+        assert torch.equal(p, before[name]), name
+    model.premerge()
+    assert model._premerged == {}
+
+
+def test_premerged_copy_follows_changed_adapter_weights(model):
+    model.premerge("query_reasoner")
+    try:
+        with torch.no_grad():
+            first = model.encode_query(QUESTIONS[:1])
+            lora_b = next(p for n, p in model.named_parameters() if ".query_reasoner." in n and "lora_B" in n)
+            lora_b.add_(0.5)  # an optimiser step or a load changes the adapter in place
+            want = model._encode(QUESTIONS[:1], "query_reasoner", model.config.query_max_len)[0]  # unmerged
+            got = model.encode_query(QUESTIONS[:1])
+            lora_b.sub_(0.5)
+        assert (want - first).abs().max() > 1e-3  # the change matters
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # and the pre-merged copy followed it
+    finally:
+        model.premerge()
+    with pytest.raises(ValueError, match="unknown adapter"):
+        model.premerge("nope")
+
+
+def test_clara_rag_premerges_small_backbones_unless_told_not_to(model, tmp_path):
+    from clara import ClaraRAG
+    from clara.data.corpus import Document
+
+    index = open_or_create(model, tmp_path / "idx")
+    add_documents(model, index, [Document(id=str(i), text=t) for i, t in enumerate(DOCS)], progress=False)
+    try:
+        ClaraRAG(model, index, premerge=False)
+        assert model._premerged == {}
+        rag = ClaraRAG(model, index)
+        assert set(model._premerged) == {"query_reasoner", "generator"}
+        answer = rag.ask(QUESTIONS[0], max_new_tokens=3)
+        assert len(answer.sources) == min(5, len(DOCS))
+    finally:
+        model.premerge()

@@ -173,6 +173,8 @@ def test_long_documents_truncated_and_logged(backbones, caplog):
         b = model.compress([" ".join(["word"] * 400)])
     assert "1 of 1 texts were longer than 32 tokens" in caplog.text
     torch.testing.assert_close(a, b)  # both cut to the same first 32 tokens
+    infos = [r for r in caplog.records if "were truncated" in r.getMessage() and r.levelname == "INFO"]
+    assert len(infos) == 1  # said once at INFO; training steps would otherwise repeat it every batch
 
 
 def test_system_role_fallback(backbones):

@@ -39,11 +39,6 @@ ADAPTERS = ("compressor", "generator", "query_reasoner")
 MERGE_MIN_TEXTS = 16
 
 
-def _worth_merging(texts: Sequence[str]) -> bool:
-    """Inference (no grad) over enough texts that folding the LoRA into the weights pays off."""
-    return not torch.is_grad_enabled() and len(texts) >= MERGE_MIN_TEXTS
-
-
 def row_means(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
     """Mean of ``values`` (T,) per row index ``rows`` (T,): (n,); rows with no value get 0.
 
@@ -101,7 +96,16 @@ class ClaraModel(nn.Module):
         init = emb.detach().float().mean(0, keepdim=True).repeat(special.n_new, 1)
         init += 0.01 * emb.detach().float().std() * torch.randn_like(init)
         self.mem_rows = nn.Parameter(init.to(emb.dtype))  # (n_new, H): <MEM*>, <AE>, <ENC>, <SEP>
-        self._grad_flags: dict[str, bool] = {}
+        # adapter switching walks this list, not the whole module tree (peft's model-level
+        # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
+        self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
+        self._active: str | None = ADAPTERS[0]
+        self._trainable: frozenset[str] = frozenset()  # adapters whose LoRA weights train (set_trainable)
+        self._merged_adapter: str | None = None  # inside merged(name)
+        self._said_truncated = False
+        # adapter -> (LoRA parameter versions when merged, [(base weight, merged tensor)]): premerge()
+        self._premerged: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, torch.Tensor]]]] = {}
+        self._lora_params: dict[str, list[nn.Parameter]] = {}  # adapter -> its LoRA weights, for _lora_versions
         self.set_trainable(ADAPTERS, mem_rows=True)
 
     # ------------------------------------------------------------------ construction
@@ -147,57 +151,72 @@ class ClaraModel(nn.Module):
         unknown = set(adapters) - set(ADAPTERS)
         if unknown:
             raise ValueError(f"unknown adapters {sorted(unknown)}; expected some of {ADAPTERS}")
-        self._grad_flags = {}
+        self._trainable = frozenset(adapters)
         for name, p in self.named_parameters():
-            if name == "mem_rows":
-                flag = mem_rows
-            elif "lora_" in name:
-                flag = any(f".{a}." in name for a in adapters)
-            else:
-                flag = False
-            p.requires_grad_(flag)
-            self._grad_flags[name] = flag
+            p.requires_grad_(name == "mem_rows" and mem_rows)  # the backbone stays frozen
+        self._restore_grad_flags()
 
     def _restore_grad_flags(self) -> None:
-        for name, p in self.named_parameters():
-            p.requires_grad_(self._grad_flags.get(name, False))
+        """LoRA weights train iff their adapter is in ``set_trainable``'s list (peft's own calls flip them)."""
+        for layer in self._lora_layers:
+            for attr in layer.adapter_layer_names:
+                for adapter, module in getattr(layer, attr).items():
+                    for p in module.parameters():
+                        if p.requires_grad != (adapter in self._trainable):
+                            p.requires_grad_(adapter in self._trainable)
+
+    def _activate(self, name: str | None) -> None:
+        """Point every LoRA layer at adapter ``name`` (None: LoRA branches off).
+
+        Sets peft's per-layer state directly: its set_adapter/enable_adapters also rewrite
+        every LoRA weight's requires_grad (which set_trainable owns) and cost about as much
+        as a decode step of a small model on CPU, twice per question.
+        """
+        for layer in self._lora_layers:
+            layer._disable_adapters = name is None
+            if name is not None:
+                layer._active_adapter = [name]
+        if name is not None:
+            self.peft.base_model.active_adapter = name  # keep peft's own record in step
+        self._active = name
 
     @contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
         """Run the block with one adapter active (None: the plain backbone)."""
-        if name is None:
-            with self.peft.disable_adapter():
-                yield
-            self._restore_grad_flags()
-            return
-        if name not in ADAPTERS:
+        if name is not None and name not in ADAPTERS:
             raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
-        previous = self.peft.active_adapter
-        # peft's set_adapter also flips requires_grad; we keep our own flags instead
-        self.peft.base_model.set_adapter(name)
-        self._restore_grad_flags()
+        folded = self._merged_adapter
+        if folded is not None:  # the merged weights already carry that adapter, LoRA branches stay off
+            if name != folded:
+                raise RuntimeError(f"adapter {folded!r} is merged; {name!r} cannot run inside merged()")
+            yield
+            return
+        previous = self._active
+        if name == previous:
+            yield
+            return
+        self._activate(name)
         try:
             yield
         finally:
-            self.peft.base_model.set_adapter(previous)
-            self._restore_grad_flags()
+            self._activate(previous)
 
     @contextmanager
     def merged(self, name: str) -> Iterator[None]:
         """Run the block (under ``torch.no_grad()``) with adapter ``name`` folded into the base weights.
 
         Unmerged, every LoRA'd linear runs its base matmul plus two small ones (on CPU
-        about 1.6x the cost of a plain forward); merged, a forward costs what a plain one
-        does. Each LoRA'd linear gets a new weight tensor W + scale*B@A and the LoRA branches
+        10-20% over a plain forward for one question, more for batches); merged, a forward
+        costs what a plain one does. Each LoRA'd linear gets a new weight tensor
+        W + scale*B@A (computed now, or kept from :meth:`premerge`) and the LoRA branches
         are switched off; on exit the original tensors are put back, so the base weights
         and the other adapters come back bit for bit (no W + d - d rounding), at the price of
         one extra copy of the adapted weights while inside. A nested call for the same
-        adapter is a no-op. Inside, only ``adapter(name)`` may be entered: ``adapter(None)``
-        would switch the LoRA branches back on over merged weights.
+        adapter is a no-op. Inside, ``adapter(name)`` is a no-op and any other adapter an error.
         """
         if torch.is_grad_enabled():
             raise RuntimeError("merged() is for inference only: call it under torch.no_grad()")
-        current = getattr(self, "_merged_adapter", None)
+        current = self._merged_adapter
         if current is not None:
             if current != name:
                 raise RuntimeError(f"adapter {current!r} is merged; {name!r} cannot be merged inside it")
@@ -205,21 +224,76 @@ class ClaraModel(nn.Module):
             return
         if name not in ADAPTERS:
             raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
-        saved: list[tuple[nn.Parameter, torch.Tensor]] = []
-        with self.peft.disable_adapter(), self.adapter(name):
+        merged = self._premerged_weights(name) or self._merged_weights(name)
+        originals: list[tuple[nn.Parameter, torch.Tensor]] = []
+        with self.adapter(None):  # LoRA branches off: the weights themselves carry the adapter
             try:
-                for layer in self.peft.modules():
-                    if isinstance(layer, LoraLayer) and name in layer.lora_A:
-                        weight = layer.get_base_layer().weight
-                        saved.append((weight, weight.data))
-                        weight.data = weight.data + layer.get_delta_weight(name).to(weight.dtype)
+                for weight, tensor in merged:
+                    originals.append((weight, weight.data))
+                    weight.data = tensor
                 self._merged_adapter = name
                 yield
             finally:
-                for weight, original in saved:
+                for weight, original in originals:
                     weight.data = original
                 self._merged_adapter = None
-        self._restore_grad_flags()  # disable_adapter() froze every LoRA weight
+
+    def _merged_weights(self, name: str) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(base weight, W + scale*B@A) for every linear that adapter ``name`` adapts."""
+        out = []
+        for layer in self.peft.modules():
+            if isinstance(layer, LoraLayer) and name in layer.lora_A:
+                weight = layer.get_base_layer().weight
+                out.append((weight, weight.data + layer.get_delta_weight(name).to(weight.dtype)))
+        return out
+
+    def _lora_versions(self, name: str) -> tuple[int, ...]:
+        """In-place version counters and storage of an adapter's LoRA weights: they change on every
+        optimiser step, load, copy or move, so a pre-merged copy knows when it is stale."""
+        params = self._lora_params.get(name)
+        if params is None:
+            params = self._lora_params[name] = [
+                p
+                for layer in self._lora_layers
+                for attr in layer.adapter_layer_names
+                if name in getattr(layer, attr)
+                for p in getattr(layer, attr)[name].parameters()
+            ]
+        return tuple(v for p in params for v in (p._version, p.data_ptr()))
+
+    def _premerged_weights(self, name: str) -> list[tuple[nn.Parameter, torch.Tensor]] | None:
+        entry = self._premerged.get(name)
+        if entry is None:
+            return None
+        versions, weights = entry
+        fresh = versions == self._lora_versions(name) and all(
+            t.device == w.device and t.dtype == w.dtype and t.shape == w.shape for w, t in weights
+        )
+        if not fresh:  # trained, reloaded or moved since premerge(): merge again, once
+            weights = self._merged_weights(name)
+            self._premerged[name] = (self._lora_versions(name), weights)
+        return weights
+
+    @torch.no_grad()
+    def premerge(self, *names: str) -> None:
+        """Keep these adapters' merged weights in memory, so that :meth:`merged` is a pointer swap.
+
+        Then every no-grad ``encode_query``/``compress``/``generate`` through these adapters
+        runs at the cost of the plain backbone, one question at a time too (merging on the fly
+        only pays for a batch of ``MERGE_MIN_TEXTS``). Costs one extra copy of the adapted
+        linear weights per adapter. A copy goes stale by itself when the adapter's weights
+        change, and is re-merged at next use; ``premerge()`` with no names frees them all.
+        """
+        unknown = set(names) - set(ADAPTERS)
+        if unknown:
+            raise ValueError(f"unknown adapters {sorted(unknown)}; expected some of {ADAPTERS}")
+        self._premerged = {name: (self._lora_versions(name), self._merged_weights(name)) for name in names}
+
+    def _inference_merge(self, name: str | None, n_texts: int) -> Any:
+        """``merged(name)`` where it pays (no grad; a pre-merged adapter or a big enough batch), else a no-op."""
+        if name is None or torch.is_grad_enabled() or self._merged_adapter not in (None, name):
+            return nullcontext()
+        return self.merged(name) if name in self._premerged or n_texts >= MERGE_MIN_TEXTS else nullcontext()
 
     def init_query_reasoner_from_compressor(self) -> None:
         """Copy the compressor's LoRA weights into the query reasoner (CLaRa stage 3 init)."""
@@ -261,8 +335,13 @@ class ClaraModel(nn.Module):
         ids, truncated = tokens.compressor_ids(
             self.tokenizer, texts, max_len, self.special, style=self.config.prompt_style
         )
-        if truncated:
-            log.info("%d of %d texts were longer than %d tokens and were truncated", truncated, len(texts), max_len)
+        if truncated:  # said once at INFO (training would repeat it every step), then at DEBUG
+            log.log(
+                logging.DEBUG if self._said_truncated else logging.INFO,
+                "%d of %d texts were longer than %d tokens and were truncated%s", truncated, len(texts), max_len,
+                "" if self._said_truncated else " (later truncations are logged at DEBUG level)",
+            )
+            self._said_truncated = True
         input_ids, mask = left_pad(ids, self.tokenizer.pad_token_id, self.device)
         with self.adapter(adapter):
             out = self.lm.get_decoder()(
@@ -308,13 +387,13 @@ class ClaraModel(nn.Module):
         Gradients flow when grad mode is on and the compressor is trainable.
         """
         texts = tokens.check_texts(texts, "texts")
-        with self.merged("compressor") if _worth_merging(texts) else nullcontext():
+        with self._inference_merge("compressor", len(texts)):
             return self._encode_batched(texts, "compressor", self.config.doc_max_len, batch_size, progress)
 
     def encode_query(self, questions: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Encode questions with the query-reasoner adapter: (B, n_mem, H), the documents' space."""
         questions = tokens.check_texts(questions, "questions")
-        with self.merged("query_reasoner") if _worth_merging(questions) else nullcontext():
+        with self._inference_merge("query_reasoner", len(questions)):
             return self._encode_batched(questions, "query_reasoner", self.config.query_max_len, batch_size, False)
 
     @staticmethod
@@ -454,7 +533,7 @@ class ClaraModel(nn.Module):
         embeds, mask, _ = self._inputs(self._tokenize_prompts(prompts), doc_states)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with self.adapter(adapter):
+        with self._inference_merge(adapter, 0), self.adapter(adapter):
             out = self.lm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,

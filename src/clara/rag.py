@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: ``ClaraRAG(premerge=None)`` keeps merged weights for backbones up to this many parameters
+#: (two extra copies of the adapted weights: ~0.8 GB for SmolLM2-135M in fp32, ~26 GB at 7B in bf16).
+PREMERGE_MAX_PARAMS = 3_000_000_000
+
 
 @dataclass
 class Source:
@@ -60,6 +64,9 @@ class ClaraRAG:
 
     The index must have been built by this model (its fingerprint is checked). Calls are
     serialised by a lock, so one instance can be shared by threads (the server does).
+    ``premerge`` keeps the query reasoner's and the generator's LoRA folded into copies of
+    the weights (:meth:`ClaraModel.premerge`), so a question costs what the plain backbone
+    costs; None turns it on for backbones up to ``PREMERGE_MAX_PARAMS`` parameters.
     """
 
     def __init__(
@@ -70,8 +77,13 @@ class ClaraRAG:
         max_new_tokens: int = 32,
         search: str = "exact",
         nprobe: int = DEFAULT_NPROBE,
+        premerge: bool | None = None,
     ) -> None:
         index.check_model(model)
+        if premerge is None:
+            premerge = sum(p.numel() for p in model.lm.parameters()) <= PREMERGE_MAX_PARAMS
+        if premerge:
+            model.premerge("query_reasoner", "generator")
         self.model, self.index, self.k, self.max_new_tokens = model, index, k, max_new_tokens
         self.searcher = Searcher(index, method=search, nprobe=nprobe)
         self._lock = threading.Lock()

@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
         demo: bool = typer.Option(False, "--demo", help="Answer the 5 demo questions over the demo corpus."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON (answer, sources, timings)."),
         stream: bool = typer.Option(False, "--stream", help="Print the answer token by token."),
+        premerge: Optional[bool] = typer.Option(
+            None, "--premerge/--no-premerge", help="Keep merged LoRA weights for fast questions (default: on up to 3B parameters)."
+        ),
         device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
     ) -> None:
         """Answer QUESTION from the top-k documents of an index, and show the sources."""
@@ -72,7 +75,7 @@ def register(app: typer.Typer) -> None:
 
         clara, model_path = load_model(model, device, index_dir)
         index = open_index(clara, model_path, None if demo else index_dir)
-        rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens)
+        rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens, premerge=premerge)
         if demo or question is None:
             items = demo_questions()
             answers = rag.ask_batch([it["question"] for it in items])
@@ -107,6 +110,9 @@ def register(app: typer.Typer) -> None:
         max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most concurrent asks per generate call."),
         search: str = typer.Option("exact", help="exact, or ann (needs `clara index ann`)."),
         nprobe: int = typer.Option(DEFAULT_NPROBE, "--nprobe", min=1, help="IVF cells visited by --search ann."),
+        premerge: Optional[bool] = typer.Option(
+            None, "--premerge/--no-premerge", help="Keep merged LoRA weights for fast questions (default: on up to 3B parameters)."
+        ),
         device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
     ) -> None:
         """Serve ask/retrieve/documents over HTTP (OpenAPI docs at /docs)."""
@@ -119,7 +125,9 @@ def register(app: typer.Typer) -> None:
         clara, model_path = load_model(model, device, index_dir)
         index = open_index(clara, model_path, index_dir)
         try:
-            rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens, search=search, nprobe=nprobe)
+            rag = ClaraRAG(
+                clara, index, k=k, max_new_tokens=max_new_tokens, search=search, nprobe=nprobe, premerge=premerge
+            )
         except (DataError, ValueError) as e:
             fail(e)
         app_ = create_app(rag, ServerConfig(max_batch=max_batch))
