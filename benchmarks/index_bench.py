@@ -20,6 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
+import copy
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from clara import ClaraConfig, ClaraModel, ClaraRAG
 from clara.data.corpus import Document, read_corpus
@@ -150,14 +152,17 @@ def fixed_answer_length(model: ClaraModel, new_tokens: int) -> Iterator[None]:
 
 @torch.no_grad()
 def bench_query(
-    model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int, premerge: bool = True
+    model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int, premerge: bool = True,
+    prefix_cache: bool = True,
 ) -> dict:
     """Per-query latency of CLaRa (encode, search, generate from states) vs full-text RAG.
 
     Full-text RAG uses the same backbone without adapters, the same retrieved documents
     (CLaRa's own query encoding and search, timed separately) with their text in the
     prompt, and greedy decoding. Both generate exactly ``max_new_tokens`` tokens. CLaRa runs
-    with its LoRA pre-merged (``ClaraRAG(premerge=...)``), so both pay plain-backbone matmuls. The two
+    with its LoRA pre-merged (``ClaraRAG(premerge=...)``), so both pay plain-backbone matmuls,
+    and with ``prefix_cache`` both reuse the key/value cache of their prompt's constant head
+    (CLaRa does whenever it is pre-merged; ``premerge=False`` turns both off for CLaRa). The two
     systems alternate order from one question to the next so load from other processes
     falls on both alike.
     """
@@ -170,7 +175,7 @@ def bench_query(
         rag = ClaraRAG(model, index, k=k, max_new_tokens=max_new_tokens, premerge=premerge)
         clara = {"encode": [], "search": [], "generate": [], "total": []}
         clara_answer_tokens: list[int] = []
-        full = {"retrieve": [], "generate": [], "total": [], "prompt_tokens": [], "new_tokens": []}
+        full = {"retrieve": [], "generate": [], "total": [], "prompt_tokens": [], "new_tokens": [], "cached_head_tokens": []}
 
         def run_clara(q: str) -> None:
             t0 = time.perf_counter()
@@ -180,21 +185,40 @@ def bench_query(
                 clara[key].append(a.timings[key])
             clara_answer_tokens.append(len(model.tokenizer(a.answer, add_special_tokens=False)["input_ids"]))
 
+        def full_prompt(q: str, sources: list) -> dict:
+            background = "\n\n".join(f"Document {i + 1}: {s.title}\n{s.text}" for i, s in enumerate(sources))
+            msgs = [{"role": "user", "content": f"Background:\n{background}\n\nQuestion: {q}"}]
+            return model.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+
+        # full-text RAG gets the same prompt-head cache as CLaRa (ClaraModel._prefix_cache): the
+        # tokens every full-text prompt shares (chat template, "Background:") are prefilled once
+        a, b = (full_prompt(q, rag.retrieve([q], k=k)[0])["input_ids"][0].tolist() for q in questions[:2])
+        head = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # real prompts of two questions
+        head_cache = DynamicCache(config=model.lm.config)
+        with model.adapter(None):
+            model.lm(input_ids=torch.tensor([a[:head]]), past_key_values=head_cache, use_cache=True, logits_to_keep=1)
+
         def run_full(q: str) -> None:
             t0 = time.perf_counter()
             sources = rag.retrieve([q], k=k)[0]
             t1 = time.perf_counter()
-            background = "\n\n".join(f"Document {i + 1}: {s.title}\n{s.text}" for i, s in enumerate(sources))
-            msgs = [{"role": "user", "content": f"Background:\n{background}\n\nQuestion: {q}"}]
-            ids = model.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            ids = full_prompt(q, sources)
+            if not prefix_cache or ids["input_ids"][0, :head].tolist() != a[:head]:
+                past = None
+            else:
+                past = copy.deepcopy(head_cache)
             with model.adapter(None):
-                gen = model.lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+                gen = model.lm.generate(
+                    **ids, past_key_values=past, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=model.tokenizer.pad_token_id,
+                )
             t2 = time.perf_counter()
             full["retrieve"].append(t1 - t0)
             full["generate"].append(t2 - t1)
             full["total"].append(t2 - t0)
             full["prompt_tokens"].append(int(ids["input_ids"].shape[1]))
             full["new_tokens"].append(int(gen.shape[1] - ids["input_ids"].shape[1]))
+            full["cached_head_tokens"].append(head if past is not None else 0)
 
         with fixed_answer_length(model, max_new_tokens):
             run_clara(questions[0]), run_full(questions[0])  # warm-up, not recorded
@@ -208,11 +232,13 @@ def bench_query(
         doc_tokens = [len(model.tokenizer(d.full_text(), add_special_tokens=False)["input_ids"]) for d in docs]
         out = {
             "corpus": corpus, "docs": n_docs, "doc_tokens_median": int(np.median(doc_tokens)),
-            "queries": len(questions), "k": k, "premerge": premerge, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
+            "queries": len(questions), "k": k, "premerge": premerge, "fulltext_prefix_cache": prefix_cache, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
             "n_mem": model.config.n_mem, "compression_ratio": model.config.compression_ratio,
             "memory_slots_in_prompt": k * model.config.n_mem,
             "clara_ms": {key: ms(v) for key, v in clara.items()},
-            "fulltext_ms": {key: ms(v) for key, v in full.items() if key not in ("prompt_tokens", "new_tokens")},
+            "fulltext_ms": {key: ms(v) for key, v in full.items() if key in ("retrieve", "generate", "total")},
+            "fulltext_cached_head_tokens": int(np.median(full["cached_head_tokens"])),
+            "clara_cached_head_tokens": 0 if model._prefix is None else model._prefix[1].get_seq_length(),
             "fulltext_prompt_tokens_median": int(np.median(full["prompt_tokens"])),
             "fulltext_new_tokens_median": float(np.median(full["new_tokens"])),
             "clara_answer_tokens_median": float(np.median(clara_answer_tokens)),  # answer text re-tokenised
@@ -411,7 +437,8 @@ def main() -> None:
                    help="synthetic states for `search` (see SyntheticStates; `clusters` is the old, unrealistic one)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and FAISS threads")
     p.add_argument("--tmp", type=Path, default=None, help="where synthetic indexes are written")
-    p.add_argument("--no-premerge", action="store_true", help="`query`: CLaRa with unmerged LoRA branches")
+    p.add_argument("--no-premerge", action="store_true",
+                   help="`query`: CLaRa with unmerged LoRA branches, and neither system caching its prompt head")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default=None, help="result file name (default: from the benchmark)")
     args = p.parse_args()
@@ -430,7 +457,8 @@ def main() -> None:
             result = bench_compress(model, args.docs, args.batch_size, args.reps)
         else:
             result = bench_query(
-                model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens, premerge=not args.no_premerge
+                model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens,
+                premerge=not args.no_premerge, prefix_cache=not args.no_premerge,
             )
         name = f"{args.what}.json" if args.what == "compress" else f"query_{args.corpus}.json"
     result = {"benchmark": args.what, "machine": machine(), "model": args.model or "default backbone, fresh adapters", **result}

@@ -128,6 +128,7 @@ def test_premerge_answers_one_question_merged_and_like_unmerged(arch_model, monk
     monkeypatch.setattr(model, "merged", lambda name: seen.append(name) or real_merged(name))
     got_q, got_answer = _ask_path(model)
     assert seen == ["query_reasoner", "generator"]
+    assert model._prefix is not None  # the prompt head's key/value cache was used
     torch.testing.assert_close(got_q, want_q, atol=1e-4, rtol=1e-4)
     assert got_answer == want_answer
     for name, p in model.named_parameters():  # originals back after each call
@@ -169,3 +170,37 @@ def test_clara_rag_premerges_small_backbones_unless_told_not_to(model, tmp_path)
         assert len(answer.sources) == min(5, len(DOCS))
     finally:
         model.premerge()
+
+
+def test_prompt_head_cache_is_reused_and_follows_the_generator(arch_model):
+    model = arch_model.eval()
+    with torch.no_grad():
+        states = model._encode(DOCS[:2], "compressor", model.config.doc_max_len)[0]
+    asks = [(QUESTIONS[0], states), (QUESTIONS[1], states[:1])]  # another question and k: the same head
+    want = [model.generate([q], [s], max_new_tokens=5)[0] for q, s in asks]  # not pre-merged: no cache
+    assert model._prefix is None
+    model.premerge("generator")
+    got = [model.generate([asks[0][0]], [asks[0][1]], max_new_tokens=5)[0]]
+    cache = model._prefix[1]
+    got.append(model.generate([asks[1][0]], [asks[1][1]], max_new_tokens=5)[0])
+    assert model._prefix[1] is cache  # reused, not rebuilt
+    assert got == want
+    # exact check: the cached head plus the rest of the prompt gives the full prompt's next-token logits
+    prompt = model.answer_prompts([asks[0][0]], [2])
+    embeds, _, ids = model._inputs(model._tokenize_prompts(prompt), [states])
+    with torch.no_grad(), model.merged("generator"):
+        full = model.lm(inputs_embeds=embeds).logits[:, -1]
+        head_cache = model._prefix_cache("generator", ids, embeds)
+        head = head_cache.get_seq_length()
+        rest = model.lm(inputs_embeds=embeds[:, head:], past_key_values=head_cache).logits[:, -1]
+    assert 8 <= head < ids.shape[1] - 2 * model.config.n_mem
+    torch.testing.assert_close(rest, full, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # a changed generator (training, a reload) must not read the old cache
+        lora_b = next(p for n, p in model.named_parameters() if ".generator." in n and "lora_B" in n)
+        lora_b.add_(0.5)
+    changed = model.generate([QUESTIONS[0]], [states], max_new_tokens=5)[0]
+    assert model._prefix[1] is not cache
+    model.premerge()
+    assert changed == model.generate([QUESTIONS[0]], [states], max_new_tokens=5)[0]  # unmerged, uncached
+    pair = model.generate(QUESTIONS, [states, states], max_new_tokens=5)  # a batch: no cache, same answers
+    assert pair[0] == changed

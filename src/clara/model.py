@@ -11,6 +11,7 @@ so what is trained is what is served.
 
 from __future__ import annotations
 
+import copy
 import logging
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import tokens
 from .backbone import load_backbone
@@ -37,6 +38,10 @@ ADAPTERS = ("compressor", "generator", "query_reasoner")
 # on one CPU thread) and saves the LoRA branches' share of every forward after it: worth it
 # for a batch of documents, not for one question.
 MERGE_MIN_TEXTS = 16
+
+# A one-question prompt reuses the key/value cache of its head (system prompt and the text
+# before the first memory slot: ~40 tokens, the same for every question) when it is at least this long.
+PREFIX_MIN_TOKENS = 8
 
 
 def row_means(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -103,6 +108,7 @@ class ClaraModel(nn.Module):
         self._trainable: frozenset[str] = frozenset()  # adapters whose LoRA weights train (set_trainable)
         self._merged_adapter: str | None = None  # inside merged(name)
         self._said_truncated = False
+        self._prefix: tuple[tuple, DynamicCache] | None = None  # (key, cache) of the last prompt head: _prefix_cache
         # adapter -> (LoRA parameter versions when merged, [(base weight, merged tensor)]): premerge()
         self._premerged: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, torch.Tensor]]]] = {}
         self._lora_params: dict[str, list[nn.Parameter]] = {}  # adapter -> its LoRA weights, for _lora_versions
@@ -530,13 +536,14 @@ class ClaraModel(nn.Module):
     ) -> list[str]:
         """Generate from ready prompts whose placeholders are filled with ``doc_states``."""
         doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question")
-        embeds, mask, _ = self._inputs(self._tokenize_prompts(prompts), doc_states)
+        embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts), doc_states)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with self._inference_merge(adapter, 0), self.adapter(adapter):
             out = self.lm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,
+                past_key_values=self._prefix_cache(adapter, input_ids, embeds),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self._stop_ids(),
@@ -544,6 +551,30 @@ class ClaraModel(nn.Module):
                 **sampling,
             )  # (B, new_tokens): with inputs_embeds only new tokens come back
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _prefix_cache(self, adapter: str | None, input_ids: torch.Tensor, embeds: torch.Tensor) -> DynamicCache | None:
+        """A copy of the key/value cache of the prompt's head (everything before the first memory
+        slot), kept from the previous question with the same head; None where it does not apply.
+
+        Only for one question (a left-padded batch shifts the head) with a pre-merged adapter
+        (inference mode); the key includes the adapter's weight versions, so a trained or
+        reloaded adapter never reads a stale cache. ``input_ids`` (1, T), ``embeds`` (1, T, H).
+        """
+        if adapter is None or adapter not in self._premerged or input_ids.shape[0] != 1:
+            return None
+        slots = torch.isin(input_ids[0], torch.tensor(self.special.mem, device=input_ids.device)).nonzero()
+        if len(slots) == 0 or int(slots[0]) < PREFIX_MIN_TOKENS:
+            return None
+        head = int(slots[0])
+        key = (
+            adapter, tuple(input_ids[0, :head].tolist()), self._lora_versions(adapter),
+            self.mem_rows._version, embeds.dtype, embeds.device,
+        )
+        if self._prefix is None or self._prefix[0] != key:
+            cache = DynamicCache(config=self.lm.config)
+            self.lm(inputs_embeds=embeds[:, :head], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._prefix = (key, cache)
+        return copy.deepcopy(self._prefix[1])  # generate() appends to the cache it is given
 
     def _stop_ids(self) -> list[int]:
         """Tokens that end an answer: the tokenizer's eos plus the model's own generation eos ids."""
