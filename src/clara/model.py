@@ -104,7 +104,8 @@ class ClaraModel(nn.Module):
         # adapter switching walks this list, not the whole module tree (peft's model-level
         # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
         self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
-        self._active: str | None = ADAPTERS[0]
+        self._active: str | None = None  # the adapter the LoRA layers point at (None: branches off)
+        self._activate(ADAPTERS[0])
         self._trainable: frozenset[str] = frozenset()  # adapters whose LoRA weights train (set_trainable)
         self._merged_adapter: str | None = None  # inside merged(name)
         self._said_truncated = False
@@ -247,8 +248,8 @@ class ClaraModel(nn.Module):
     def _merged_weights(self, name: str) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(base weight, W + scale*B@A) for every linear that adapter ``name`` adapts."""
         out = []
-        for layer in self.peft.modules():
-            if isinstance(layer, LoraLayer) and name in layer.lora_A:
+        for layer in self._lora_layers:
+            if name in layer.lora_A:
                 weight = layer.get_base_layer().weight
                 out.append((weight, weight.data + layer.get_delta_weight(name).to(weight.dtype)))
         return out
