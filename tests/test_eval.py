@@ -118,6 +118,23 @@ def test_retrieval_only(tiny_checkpoints, tmp_path: Path):
     assert (tmp_path / "recall_at_k.png").is_file()
 
 
+def test_resume_refuses_a_checkpoint_retrained_in_place(tiny_checkpoints, tmp_path: Path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints[0], ckpt)
+    cfg = EvalConfig(data=str(FIX / "2wiki_dev.jsonl"), out_dir=str(tmp_path / "run"), retrieval_only=True,
+                     systems=["clara"], checkpoints=[str(ckpt)], device="cpu", progress=False)
+    run_eval(cfg)
+    run_eval(cfg)  # same weights: resumes
+    model = ClaraModel.from_pretrained(ckpt, device="cpu")
+    with torch.no_grad():  # only the generator changes: retrieval-only rows would still be stale answers elsewhere
+        next(p for n, p in model.named_parameters() if ".generator." in n and "lora_B" in n).add_(0.1)
+    model.save_pretrained(ckpt)
+    with pytest.raises(ValueError, match="other weights under the checkpoint label"):
+        run_eval(cfg)
+
+
 def test_cli_closed_book_on_flashrag(backbones, tmp_path: Path):
     from typer.testing import CliRunner
 

@@ -370,6 +370,28 @@ def _check_resume(out: Path, saved: dict[str, Any]) -> None:
         )
 
 
+def _weights(models: Sequence[tuple[str, "ClaraModel"]]) -> dict[str, str]:
+    """Each CLaRa checkpoint's weight hash (all three adapters and the memory rows), by label."""
+    from ..index.fingerprint import adapter_hash
+    from ..model import ADAPTERS
+
+    return {label: adapter_hash(model, ADAPTERS) for label, model in models}
+
+
+def _check_resume_weights(out: Path, weights: dict[str, str]) -> None:
+    """A checkpoint retrained in place keeps its label: its old predictions must not be resumed."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text()).get("weights_sha256", {})
+    changed = sorted(label for label, sha in weights.items() if label in old and old[label] != sha)
+    if changed:
+        raise ValueError(
+            f"{out} holds predictions of other weights under the checkpoint label(s) {', '.join(changed)}; "
+            "use another --out folder"
+        )
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Load data and models, evaluate every system, write the run folder; returns metrics.json's content."""
     from .report import write_report
@@ -389,6 +411,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError(f"{cfg.data}: no questions to evaluate")
     extra = list(read_corpus(cfg.pool_corpus)) if cfg.pool_corpus and cfg.setting == "normal" else []
     models, base = load_models(cfg)
+    saved["weights_sha256"] = _weights(models)
+    _check_resume_weights(out, saved["weights_sha256"])
     systems = build_systems(cfg, models, base)
     atomic_write_json(out / "config.json", saved)
     metrics = evaluate(examples, systems, out, cfg.setting, cfg.top_k, cfg.batch_size, cfg.first_answer_only,

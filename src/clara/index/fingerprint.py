@@ -20,16 +20,17 @@ if TYPE_CHECKING:
 _STATE_FIELDS = ("backbone", "compression_ratio", "doc_max_len", "query_max_len", "prompt_style")
 
 
-def adapter_hash(model: "ClaraModel") -> str:
-    """sha256 over the weights that shape memory states: compressor, query reasoner, memory rows.
+def adapter_hash(model: "ClaraModel", adapters: tuple[str, ...] = ("compressor", "query_reasoner")) -> str:
+    """sha256 over the memory rows and these adapters' weights (default: those that shape memory states).
 
     Values are rounded to bfloat16 first so the same checkpoint loaded as float32, float16 or
-    bfloat16 hashes the same; the generator adapter is left out (it reads states, never writes them).
+    bfloat16 hashes the same; an index leaves the generator out (it reads states, never writes
+    them), an evaluation run includes it.
     """
     digest = hashlib.sha256()
     params = dict(model.named_parameters())
     for name in sorted(params):
-        if name == "mem_rows" or ".compressor." in name or ".query_reasoner." in name:
+        if name == "mem_rows" or any(f".{a}." in name for a in adapters):
             value = params[name].detach().to("cpu", torch.bfloat16).contiguous()
             digest.update(name.encode())
             digest.update(value.view(torch.int16).numpy().tobytes())
