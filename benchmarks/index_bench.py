@@ -196,7 +196,7 @@ def bench_query(
         head = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # real prompts of two questions
         head_cache = DynamicCache(config=model.lm.config)
         with model.adapter(None):
-            model.lm(input_ids=torch.tensor([a[:head]]), past_key_values=head_cache, use_cache=True, logits_to_keep=1)
+            model.lm(input_ids=torch.tensor([a[:head]]), cache=head_cache, use_cache=True, logits_to_keep=1)
 
         def run_full(q: str) -> None:
             t0 = time.perf_counter()
@@ -209,7 +209,7 @@ def bench_query(
                 past = copy.deepcopy(head_cache)
             with model.adapter(None):
                 gen = model.lm.generate(
-                    **ids, past_key_values=past, max_new_tokens=max_new_tokens, do_sample=False,
+                    **ids, cache=past, max_new_tokens=max_new_tokens, do_sample=False,
                     pad_token_id=model.tokenizer.pad_token_id,
                 )
             t2 = time.perf_counter()

@@ -192,7 +192,7 @@ def test_prompt_head_cache_is_reused_and_follows_the_generator(arch_model):
         full = model.lm(inputs_embeds=embeds).logits[:, -1]
         head_cache = model._prefix_cache("generator", ids, embeds)
         head = head_cache.get_seq_length()
-        rest = model.lm(inputs_embeds=embeds[:, head:], past_key_values=head_cache).logits[:, -1]
+        rest = model.lm(inputs_embeds=embeds[:, head:], cache=head_cache).logits[:, -1]
     assert 8 <= head < ids.shape[1] - 2 * model.config.n_mem
     torch.testing.assert_close(rest, full, atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # a changed generator (training, a reload) must not read the old cache

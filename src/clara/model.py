@@ -544,7 +544,7 @@ class ClaraModel(nn.Module):
             out = self.lm.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,
-                past_key_values=self._prefix_cache(adapter, input_ids, embeds),
+                cache=self._prefix_cache(adapter, input_ids, embeds),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self._stop_ids(),
@@ -573,7 +573,7 @@ class ClaraModel(nn.Module):
         )
         if self._prefix is None or self._prefix[0] != key:
             cache = DynamicCache(config=self.lm.config)
-            self.lm(inputs_embeds=embeds[:, :head], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.lm(inputs_embeds=embeds[:, :head], cache=cache, use_cache=True, logits_to_keep=1)
             self._prefix = (key, cache)
         return copy.deepcopy(self._prefix[1])  # generate() appends to the cache it is given
 
