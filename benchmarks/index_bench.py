@@ -12,6 +12,7 @@ FAISS threads (this machine has 2 cores, often shared: results record threads an
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import logging
@@ -20,7 +21,6 @@ import platform
 import shutil
 import tempfile
 import time
-import copy
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path

@@ -104,6 +104,16 @@ class ClaraModel(nn.Module):
         # adapter switching walks this list, not the whole module tree (peft's model-level
         # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
         self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
+        self._lora_params: dict[str, list[nn.Parameter]] = {  # adapter -> its LoRA weights
+            name: [
+                p
+                for layer in self._lora_layers
+                for attr in layer.adapter_layer_names
+                if name in getattr(layer, attr)
+                for p in getattr(layer, attr)[name].parameters()
+            ]
+            for name in ADAPTERS
+        }
         self._active: str | None = None  # the adapter the LoRA layers point at (None: branches off)
         self._activate(ADAPTERS[0])
         self._trainable: frozenset[str] = frozenset()  # adapters whose LoRA weights train (set_trainable)
@@ -112,7 +122,6 @@ class ClaraModel(nn.Module):
         self._prefix: tuple[tuple, DynamicCache] | None = None  # (key, cache) of the last prompt head: _prefix_cache
         # adapter -> (LoRA parameter versions when merged, [(base weight, merged tensor)]): premerge()
         self._premerged: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, torch.Tensor]]]] = {}
-        self._lora_params: dict[str, list[nn.Parameter]] = {}  # adapter -> its LoRA weights, for _lora_versions
         self.set_trainable(ADAPTERS, mem_rows=True)
 
     # ------------------------------------------------------------------ construction
@@ -165,12 +174,10 @@ class ClaraModel(nn.Module):
 
     def _restore_grad_flags(self) -> None:
         """LoRA weights train iff their adapter is in ``set_trainable``'s list (peft's own calls flip them)."""
-        for layer in self._lora_layers:
-            for attr in layer.adapter_layer_names:
-                for adapter, module in getattr(layer, attr).items():
-                    for p in module.parameters():
-                        if p.requires_grad != (adapter in self._trainable):
-                            p.requires_grad_(adapter in self._trainable)
+        for adapter, params in self._lora_params.items():
+            for p in params:
+                if p.requires_grad != (adapter in self._trainable):
+                    p.requires_grad_(adapter in self._trainable)
 
     def _activate(self, name: str | None) -> None:
         """Point every LoRA layer at adapter ``name`` (None: LoRA branches off).
@@ -257,16 +264,7 @@ class ClaraModel(nn.Module):
     def _lora_versions(self, name: str) -> tuple[int, ...]:
         """In-place version counters and storage of an adapter's LoRA weights: they change on every
         optimiser step, load, copy or move, so a pre-merged copy knows when it is stale."""
-        params = self._lora_params.get(name)
-        if params is None:
-            params = self._lora_params[name] = [
-                p
-                for layer in self._lora_layers
-                for attr in layer.adapter_layer_names
-                if name in getattr(layer, attr)
-                for p in getattr(layer, attr)[name].parameters()
-            ]
-        return tuple(v for p in params for v in (p._version, p.data_ptr()))
+        return tuple(v for p in self._lora_params[name] for v in (p._version, p.data_ptr()))
 
     def _premerged_weights(self, name: str) -> list[tuple[nn.Parameter, torch.Tensor]] | None:
         entry = self._premerged.get(name)
