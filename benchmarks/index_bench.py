@@ -3,6 +3,7 @@
     python benchmarks/index_bench.py compress --docs 32 --reps 3              # index build vs plain forward
     python benchmarks/index_bench.py query --corpus nq --docs 100 --queries 10  # encode/search/generate vs full text
     python benchmarks/index_bench.py search --n 100000 --queries 200  # exact vs ANN on synthetic states
+    python benchmarks/index_bench.py readout --model CKPT             # ask with vs without stored readout rows
 
 Model: --model CKPT, else fresh adapters on the default backbone (timings do not depend on
 training). Real text comes from ../shared/data (2wikimultihopqa, nq). --threads sets torch and
@@ -153,7 +154,7 @@ def fixed_answer_length(model: ClaraModel, new_tokens: int) -> Iterator[None]:
 @torch.no_grad()
 def bench_query(
     model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int, premerge: bool = True,
-    prefix_cache: bool = True,
+    prefix_cache: bool = True, readout: bool | None = None,
 ) -> dict:
     """Per-query latency of CLaRa (encode, search, generate from states) vs full-text RAG.
 
@@ -164,13 +165,14 @@ def bench_query(
     and with ``prefix_cache`` both reuse the key/value cache of their prompt's constant head
     (CLaRa does whenever it is pre-merged; ``premerge=False`` turns both off for CLaRa). The two
     systems alternate order from one question to the next so load from other processes
-    falls on both alike.
+    falls on both alike. ``readout`` as in ``open_or_create`` (None: the index stores the
+    generator's input rows for soft-token models, so CLaRa skips that pass per question).
     """
     docs, questions = qa_corpus(corpus, n_docs)
     questions = questions[:n_queries]
     tmp = Path(tempfile.mkdtemp())
     try:
-        index = open_or_create(model, tmp / "idx")
+        index = open_or_create(model, tmp / "idx", readout=readout)
         add_documents(model, index, docs, progress=False)
         rag = ClaraRAG(model, index, k=k, max_new_tokens=max_new_tokens, premerge=premerge)
         clara = {"encode": [], "search": [], "generate": [], "total": []}
@@ -232,7 +234,7 @@ def bench_query(
         doc_tokens = [len(model.tokenizer(d.full_text(), add_special_tokens=False)["input_ids"]) for d in docs]
         out = {
             "corpus": corpus, "docs": n_docs, "doc_tokens_median": int(np.median(doc_tokens)),
-            "queries": len(questions), "k": k, "premerge": premerge, "fulltext_prefix_cache": prefix_cache, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
+            "queries": len(questions), "k": k, "premerge": premerge, "fulltext_prefix_cache": prefix_cache, "index_readout_rows": index.has_readout, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
             "n_mem": model.config.n_mem, "compression_ratio": model.config.compression_ratio,
             "memory_slots_in_prompt": k * model.config.n_mem,
             "clara_ms": {key: ms(v) for key, v in clara.items()},
@@ -353,6 +355,41 @@ def calibration(docs: np.ndarray, queries: np.ndarray) -> dict:
     }
 
 
+@torch.no_grad()
+def bench_readout(model: ClaraModel, corpus: str, n_docs: int, n_queries: int, k: int, max_new_tokens: int) -> dict:
+    """Per-question latency of ClaraRAG.ask over an index that stores the generator's input
+    rows (``readout``) and over one that does not, interleaved in one process: the two runs
+    of a question follow each other, so the machine's drift falls on both."""
+    docs, questions = qa_corpus(corpus, n_docs)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        rags = {}
+        for readout in (True, False):
+            index = open_or_create(model, tmp / str(readout), readout=readout)
+            add_documents(model, index, docs, progress=False)
+            rags[readout] = ClaraRAG(model, index, k=k, max_new_tokens=max_new_tokens)
+        times: dict[bool, dict[str, list[float]]] = {r: {"total": [], "generate": []} for r in rags}
+        with fixed_answer_length(model, max_new_tokens):
+            for r in rags:
+                rags[r].ask(questions[0])  # warm-up
+            for i, q in enumerate(questions[1 : n_queries + 1]):
+                for r in (True, False) if i % 2 == 0 else (False, True):
+                    t0 = time.perf_counter()
+                    a = rags[r].ask(q)
+                    times[r]["total"].append(time.perf_counter() - t0)
+                    times[r]["generate"].append(a.timings["generate"])
+        stats = rags[True].index.stats(), rags[False].index.stats()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ms = {("with_readout" if r else "without_readout"): {key: round(1000 * float(np.median(v)), 1) for key, v in t.items()}
+          for r, t in times.items()}
+    return {
+        "corpus": corpus, "docs": n_docs, "queries": n_queries, "k": k, "new_tokens": max_new_tokens, "ms": ms,
+        "saved_ms_per_question": round(ms["without_readout"]["total"] - ms["with_readout"]["total"], 1),
+        "bytes_per_document": {"with_readout": stats[0]["bytes_per_document"], "without_readout": stats[1]["bytes_per_document"]},
+    }
+
+
 def _time_queries(search, q: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """Run ``search`` one query at a time: rows (B, 10) and per-query milliseconds."""
     rows, ms = [], []
@@ -417,7 +454,7 @@ def bench_search(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["compress", "query", "search"])
+    p.add_argument("what", choices=["compress", "query", "search", "readout"])
     p.add_argument("--model", default=None, help="CLaRa checkpoint (default: fresh adapters on the default backbone)")
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--corpus", default="nq", choices=["nq", "2wiki"], help="`query`: NQ 100-word passages or 2Wiki passages")
@@ -439,6 +476,8 @@ def main() -> None:
     p.add_argument("--tmp", type=Path, default=None, help="where synthetic indexes are written")
     p.add_argument("--no-premerge", action="store_true",
                    help="`query`: CLaRa with unmerged LoRA branches, and neither system caching its prompt head")
+    p.add_argument("--no-readout", action="store_true",
+                   help="`query`: index without stored readout rows (CLaRa reads memory at every question)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default=None, help="result file name (default: from the benchmark)")
     args = p.parse_args()
@@ -455,12 +494,15 @@ def main() -> None:
         model = load_model(args.model)
         if args.what == "compress":
             result = bench_compress(model, args.docs, args.batch_size, args.reps)
+        elif args.what == "readout":
+            result = bench_readout(model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens)
         else:
             result = bench_query(
                 model, args.corpus, args.docs, args.queries, args.k, args.max_new_tokens,
                 premerge=not args.no_premerge, prefix_cache=not args.no_premerge,
+                readout=False if args.no_readout else None,
             )
-        name = f"{args.what}.json" if args.what == "compress" else f"query_{args.corpus}.json"
+        name = {"compress": "compress.json", "readout": f"readout_{args.corpus}.json"}.get(args.what, f"query_{args.corpus}.json")
     result = {"benchmark": args.what, "machine": machine(), "model": args.model or "default backbone, fresh adapters", **result}
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or name

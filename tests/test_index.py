@@ -254,3 +254,20 @@ def test_cli_stats_search_and_refusal(checkpoint, model, docs, backbones, tmp_pa
     assert r.returncode == 2 and "different model" in r.stdout
     r = cli("index", "stats", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "not a CLaRa index" in r.stdout
+
+
+def test_cli_build_readout_flag(backbones, docs, tmp_path):
+    """Soft-token checkpoints store readout rows by default; --no-readout leaves them out."""
+    torch.manual_seed(4)
+    soft = ClaraModel.from_backbone(tiny_config(backbones["llama"], mem_readout="soft_tokens"))
+    soft.save_pretrained(tmp_path / "soft")
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs[:10])
+    sizes = {}
+    for flag in ("--readout", "--no-readout"):
+        out = tmp_path / flag
+        r = cli("index", "build", str(corpus), "--out", str(out), "--model", str(tmp_path / "soft"), "--device", "cpu", flag)
+        assert r.returncode == 0, r.stderr
+        info = json.loads(cli("index", "stats", str(out), "--json").stdout)
+        assert info["readout"] is (flag == "--readout") and info["documents"] == 10
+        sizes[flag] = info["bytes_per_document"]
+    assert sizes["--no-readout"] < 0.6 * sizes["--readout"]

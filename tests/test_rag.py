@@ -149,3 +149,65 @@ def test_real_smollm2_rag_end_to_end(tmp_path):
     add_documents(model, index, docs, progress=False)
     result = ClaraRAG(model, index, k=2, max_new_tokens=4).ask("Who was Teutberga?")
     assert len(result.sources) == 2 and isinstance(result.answer, str)
+
+
+@pytest.fixture(scope="module")
+def soft_model(backbones) -> ClaraModel:
+    """A tiny llama reading memory through its output head (the shipped default's readout)."""
+    torch.manual_seed(2)
+    m = ClaraModel.from_backbone(tiny_config(backbones["llama"], mem_readout="soft_tokens"))
+    perturb_lora(m)
+    return m.eval()
+
+
+def test_index_stores_readout_rows_for_soft_token_models(soft_model, docs, tmp_path):
+    index = open_or_create(soft_model, tmp_path / "idx", shard_size=16)
+    assert index.has_readout  # default for soft-token models
+    add_documents(soft_model, index, docs[:20], progress=False)
+    rows = [0, 7, 19]
+    with torch.no_grad():
+        want = soft_model.read_memory(index.states(rows).flatten(0, 1)).view(3, index.n_mem, -1)
+    reopened = MemoryIndex.open(tmp_path / "idx")
+    got = reopened.readout(rows)
+    assert (got - want).norm() / want.norm() < 2e-3  # fp16 storage of the same rows
+    # the generator's inputs from stored rows equal those computed from the states at question time
+    prompt = soft_model._tokenize_prompts(soft_model.answer_prompts(["Who?"], [3]))
+    from_rows, _, _ = soft_model._inputs(prompt, [got], pre_read=True)
+    from_states, _, _ = soft_model._inputs(prompt, [reopened.states(rows)])
+    torch.testing.assert_close(from_rows, from_states, atol=1e-3, rtol=1e-2)
+    assert not torch.equal(from_rows, soft_model._inputs(prompt, [got])[0])  # pre_read really skips read_memory
+    # ClaraRAG generates from the stored rows
+    rag = ClaraRAG(soft_model, reopened, k=3, max_new_tokens=5)
+    question = "Who was Teutberga?"
+    result = rag.ask(question)
+    top = [reopened.row_of(s.id) for s in result.sources]
+    with torch.no_grad():
+        direct = soft_model.generate([question], [reopened.readout(top)], max_new_tokens=5, pre_read=True)
+    assert result.answer == direct[0]
+    assert rag.ask_batch([question])[0].answer == result.answer
+    # rows are twice the bytes of states alone; new documents (server path) get rows too
+    assert rag.add_documents(docs[20:25]).added == 5 and reopened.readout([24]).abs().sum() > 0
+    lean = open_or_create(soft_model, tmp_path / "lean", readout=False)
+    add_documents(soft_model, lean, docs[:20], progress=False)
+    assert not lean.has_readout and lean.stats()["bytes_per_document"] < 0.6 * index.stats()["bytes_per_document"]
+    with pytest.raises(MemoryIndexError, match="no readout rows"):
+        lean.readout([0])
+    with pytest.raises(ValueError, match="stores readout rows"):
+        reopened.add([Document(id="new", text="x")], torch.zeros(1, index.n_mem, index.hidden_size))
+    with pytest.raises(ValueError, match="without readout rows"):
+        lean.add([Document(id="new", text="x")], *[torch.zeros(1, index.n_mem, index.hidden_size)] * 2)
+
+
+def test_index_without_readout_field_still_answers(soft_model, docs, tmp_path):
+    """An index written before readout rows existed: the generator reads its states."""
+    index = open_or_create(soft_model, tmp_path / "old", readout=False)
+    add_documents(soft_model, index, docs[:12], progress=False)
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["readout"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    old = MemoryIndex.open(tmp_path / "old")
+    assert not old.has_readout
+    result = ClaraRAG(soft_model, old, k=2, max_new_tokens=4).ask("Who?")
+    rows = [old.row_of(s.id) for s in result.sources]
+    with torch.no_grad():
+        assert result.answer == soft_model.generate(["Who?"], [old.states(rows)], max_new_tokens=4)[0]

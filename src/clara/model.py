@@ -426,12 +426,13 @@ class ClaraModel(nn.Module):
         return states
 
     def _inputs(
-        self, token_ids: list[list[int]], states: list[torch.Tensor]
+        self, token_ids: list[list[int]], states: list[torch.Tensor], pre_read: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-pad prompts and inject states: (inputs_embeds (B, T, H), attention_mask, input_ids).
 
         Every memory-token position of row b, in order, receives the rows of
-        ``states[b].reshape(-1, H)``: document 0's n_mem states, then document 1's, ...
+        ``read_memory(states[b].reshape(-1, H))``: document 0's n_mem rows, then document
+        1's, ...; with ``pre_read`` the states already are those rows.
         """
         input_ids, mask = left_pad(token_ids, self.tokenizer.pad_token_id, self.device)
         embeds = self.embed(input_ids)  # (B, T, H)
@@ -442,7 +443,7 @@ class ClaraModel(nn.Module):
             raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
         if sum(want):
             flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.read_memory(flat))
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat if pre_read else self.read_memory(flat))
         return embeds, mask, input_ids
 
     def read_memory(self, states: torch.Tensor) -> torch.Tensor:
@@ -532,10 +533,12 @@ class ClaraModel(nn.Module):
         top_p: float = 1.0,
         adapter: str | None = "generator",
         streamer: object | None = None,
+        pre_read: bool = False,
     ) -> list[str]:
-        """Generate from ready prompts whose placeholders are filled with ``doc_states``."""
+        """Generate from ready prompts whose placeholders are filled with ``doc_states``
+        (with ``pre_read``: rows that already went through :meth:`read_memory`)."""
         doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question")
-        embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts), doc_states)
+        embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts), doc_states, pre_read)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with self._inference_merge(adapter, 0), self.adapter(adapter):
@@ -592,11 +595,16 @@ class ClaraModel(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         streamer: object | None = None,
+        pre_read: bool = False,
     ) -> list[str]:
-        """Answer each question from its documents' memory states (k_i, n_mem, H); greedy by default."""
+        """Answer each question from its documents' memory states (k_i, n_mem, H); greedy by default.
+
+        ``pre_read``: the states already are the generator's input rows (:meth:`read_memory`
+        applied, as a memory index stores them), which saves one output-head pass.
+        """
         questions = tokens.check_texts(questions, "questions")
         states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question")
         prompts = self.answer_prompts(questions, [s.shape[0] for s in states])
         return self.generate_from_prompts(
-            prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer
+            prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer, pre_read=pre_read
         )

@@ -110,6 +110,12 @@ class ClaraRAG:
             return self._retrieve(list(questions), k or self.k)[0]
 
     # ------------------------------------------------------------------ answering
+    def _memory(self, rows: list[int]) -> torch.Tensor:
+        """What the generator reads for these documents (k, n_mem, H): the index's stored
+        readout rows when it has them (no output-head pass per question), else the states."""
+        memory = self.index.readout(rows) if self.index.has_readout else self.index.states(rows)
+        return memory.to(self.model.device)
+
     @torch.no_grad()
     def ask_batch(
         self, questions: Sequence[str], k: int | Sequence[int] | None = None, max_new_tokens: int | None = None
@@ -127,9 +133,11 @@ class ClaraRAG:
         with self._lock:
             sources, rows, timings = self._retrieve(questions, max(ks))
             sources = [s[:kk] for s, kk in zip(sources, ks)]
-            states = [self.index.states(r[:kk]).to(self.model.device) for r, kk in zip(rows, ks)]  # (k_i, n_mem, H)
+            states = [self._memory(r[:kk]) for r, kk in zip(rows, ks)]  # (k_i, n_mem, H)
             t0 = time.perf_counter()
-            texts = self.model.generate(questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens)
+            texts = self.model.generate(
+                questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens, pre_read=self.index.has_readout
+            )
             timings["generate"] = time.perf_counter() - t0
         return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]
 
@@ -142,10 +150,11 @@ class ClaraRAG:
             return self.ask_batch([question], k, max_new_tokens)[0]
         with self._lock:
             sources, rows, timings = self._retrieve([question], k or self.k)
-            states = self.index.states(rows[0]).to(self.model.device)
+            states = self._memory(rows[0])
             t0 = time.perf_counter()
             text = self.model.generate(
-                [question], [states], max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer
+                [question], [states], max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer,
+                pre_read=self.index.has_readout,
             )[0]
             timings["generate"] = time.perf_counter() - t0
         return Answer(question, text, sources[0], timings)

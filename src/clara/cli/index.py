@@ -108,6 +108,11 @@ def build(
     int8: bool = typer.Option(False, "--int8", help="Store states as per-document int8 (half of fp16)."),
     ann: bool = typer.Option(False, "--ann", help="Also build the approximate (FAISS) search index."),
     overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks cut from .txt/.md files."),
+    readout: Optional[bool] = typer.Option(
+        None, "--readout/--no-readout",
+        help="Store the generator's input rows beside the states (2x bytes, faster answers); "
+        "default: on for soft-token models. New indexes only.",
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
     """Compress CORPUS into a memory index at OUT; rerun the same command to resume a cut build."""
@@ -116,7 +121,10 @@ def build(
 
     clara, model_path = load_model(model, device, out)
     try:
-        index = open_or_create(clara, out, storage="int8" if int8 else "float16", shard_size=shard_size, model_path=model_path)
+        index = open_or_create(
+            clara, out, storage="int8" if int8 else "float16", shard_size=shard_size, model_path=model_path,
+            readout=readout,
+        )
     except DataError as e:
         fail(e)
     _run_add(clara, index, corpus, batch_size, overlap)

@@ -47,9 +47,19 @@ def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def open_or_create(
-    model: "ClaraModel", out: str | Path, storage: str = "float16", shard_size: int = 4096, model_path: str | None = None
+    model: "ClaraModel",
+    out: str | Path,
+    storage: str = "float16",
+    shard_size: int = 4096,
+    model_path: str | None = None,
+    readout: bool | None = None,
 ) -> MemoryIndex:
-    """Open the index at ``out`` (checking it matches ``model``) or create an empty one."""
+    """Open the index at ``out`` (checking it matches ``model``) or create an empty one.
+
+    ``readout`` (new indexes only) stores the generator's input rows beside the states;
+    None stores them when the model reads memory through its output head
+    (``mem_readout="soft_tokens"``), where they cost a pass per question otherwise.
+    """
     out = Path(out)
     if (out / MANIFEST).is_file():
         index = MemoryIndex.open(out)
@@ -57,7 +67,11 @@ def open_or_create(
         if index.storage != storage:
             log.warning("index %s stores %s; ignoring the requested %s", out, index.storage, storage)
         return index
-    return MemoryIndex.create(out, model_fingerprint(model), storage=storage, shard_size=shard_size, model_path=model_path)
+    if readout is None:
+        readout = model.config.mem_readout == "soft_tokens"
+    return MemoryIndex.create(
+        out, model_fingerprint(model), storage=storage, shard_size=shard_size, model_path=model_path, readout=readout
+    )
 
 
 @torch.no_grad()
@@ -98,11 +112,15 @@ def add_documents(
             # length-bucketed: batches of similar length pad little; rows go back to corpus order
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             states = torch.empty(len(new), index.n_mem, index.hidden_size)  # (n, n_mem, H)
+            readout = torch.empty_like(states) if index.has_readout else None  # generator input rows
             for b in range(0, len(order), batch_size):
                 rows = order[b : b + batch_size]
-                states[rows] = model.compress([texts[i] for i in rows], batch_size=batch_size).float().cpu()
+                batch = model.compress([texts[i] for i in rows], batch_size=batch_size)  # (b, n_mem, H)
+                states[rows] = batch.float().cpu()
+                if readout is not None:
+                    readout[rows] = model.read_memory(batch.flatten(0, 1)).view(batch.shape).float().cpu()
                 bar.update(len(rows))
-            index.add(new, states)
+            index.add(new, states, readout)
             added += len(new)
     bar.close()
     seconds = time.perf_counter() - start

@@ -4,7 +4,10 @@ Layout of an index folder::
 
     manifest.json              counts, shard list with sha256, model fingerprint, storage dtype
     shards/00000.safetensors   "states" (n, n_mem, H) float16 or int8, "inv_norm" (n,) float32,
-                               and for int8 "scale" (n,) float32 (state = code * scale)
+                               for int8 "scale" (n,) float32 (state = code * scale), and when
+                               the manifest says ``"readout": true`` also "readout" (n, n_mem, H)
+                               float16: the generator's input rows (ClaraModel.read_memory of
+                               the states), computed once here instead of at every question
     shards/00000.docs.jsonl    one line per row: {"id", "title", "text", "meta"}
 
 Writes are crash-safe by ordering: a shard's two files are written to temporary names and
@@ -106,6 +109,15 @@ def quantize_int8(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.reshape(states.shape), scale.astype(np.float32)
 
 
+def _as_float32(values: torch.Tensor | np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if torch.is_tensor(values):
+        values = values.detach().to("cpu", torch.float32).numpy()
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {values.shape}")
+    return values
+
+
 class MemoryIndex:
     """Documents and their memory states (N, n_mem, H), stored in shards on disk.
 
@@ -137,8 +149,13 @@ class MemoryIndex:
         storage: str = "float16",
         shard_size: int = 4096,
         model_path: str | None = None,
+        readout: bool = False,
     ) -> "MemoryIndex":
-        """Make an empty index folder; ``fingerprint`` comes from :func:`model_fingerprint`."""
+        """Make an empty index folder; ``fingerprint`` comes from :func:`model_fingerprint`.
+
+        ``readout`` stores each document's generator input rows beside its states (twice the
+        bytes per document, one output-head pass less per question for soft-token models).
+        """
         if storage not in STORAGE_DTYPES:
             raise ValueError(f"storage must be one of {STORAGE_DTYPES}, got {storage!r}")
         if shard_size < 1:
@@ -154,6 +171,7 @@ class MemoryIndex:
             "n_mem": fingerprint["n_mem"],
             "hidden_size": fingerprint["hidden_size"],
             "storage": storage,
+            "readout": bool(readout),
             "shard_size": shard_size,
             "model_fingerprint": fingerprint,
             "model_path": model_path,
@@ -199,6 +217,11 @@ class MemoryIndex:
     @property
     def storage(self) -> str:
         return str(self.manifest["storage"])
+
+    @property
+    def has_readout(self) -> bool:
+        """Whether shards store the generator's input rows (:meth:`readout`); older indexes do not."""
+        return bool(self.manifest.get("readout", False))
 
     @property
     def ids(self) -> list[str]:
@@ -269,17 +292,27 @@ class MemoryIndex:
         shard, i = self._locate(row)
         return self._shard_docs(shard.name)[i]
 
-    def states(self, rows: Sequence[int]) -> torch.Tensor:
-        """Memory states of ``rows`` as float32 (len(rows), n_mem, H), dequantized if int8."""
+    def _gather(self, rows: Sequence[int], name: str) -> torch.Tensor:
+        """Rows of one per-document tensor of the shards as float32 (len(rows), n_mem, H)."""
         out = torch.empty(len(rows), self.n_mem, self.hidden_size)
         for j, row in enumerate(rows):
             shard, i = self._locate(int(row))
             arrays = self._shard_arrays(shard.name)
-            value = np.asarray(arrays["states"][i], dtype=np.float32)
-            if "scale" in arrays:
+            value = np.asarray(arrays[name][i], dtype=np.float32)
+            if name == "states" and "scale" in arrays:
                 value = value * arrays["scale"][i]
             out[j] = torch.from_numpy(value)
         return out
+
+    def states(self, rows: Sequence[int]) -> torch.Tensor:
+        """Memory states of ``rows`` as float32 (len(rows), n_mem, H), dequantized if int8."""
+        return self._gather(rows, "states")
+
+    def readout(self, rows: Sequence[int]) -> torch.Tensor:
+        """The generator's input rows of ``rows`` (len(rows), n_mem, H) float32; needs :attr:`has_readout`."""
+        if not self.has_readout:
+            raise MemoryIndexError(f"index {self.path} stores no readout rows (built with readout off or by an older clara-rag)")
+        return self._gather(rows, "readout")
 
     def iter_blocks(self, block_rows: int = 16384) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield (first_row, flat states (n, n_mem*H) memmap view, inv_norm (n,)) in row order.
@@ -294,19 +327,23 @@ class MemoryIndex:
                 yield shard.first_row + start, flat[start:stop], arrays["inv_norm"][start:stop]
 
     # ------------------------------------------------------------------ writing
-    def add(self, docs: Sequence[Document], states: torch.Tensor | np.ndarray) -> int:
+    def add(
+        self, docs: Sequence[Document], states: torch.Tensor | np.ndarray, readout: torch.Tensor | np.ndarray | None = None
+    ) -> int:
         """Append documents with their states (n, n_mem, H); returns the number added.
 
-        Ids must be new (duplicates in the index or in ``docs`` raise). Each call commits
-        shards of at most ``shard_size`` rows; a kill leaves the index as it was before the
-        shard being written.
+        ``readout`` (same shape: the generator's input rows) is required exactly when the
+        index stores it. Ids must be new (duplicates in the index or in ``docs`` raise). Each
+        call commits shards of at most ``shard_size`` rows; a kill leaves the index as it was
+        before the shard being written.
         """
-        if torch.is_tensor(states):
-            states = states.detach().to("cpu", torch.float32).numpy()
-        states = np.asarray(states, dtype=np.float32)
         expect = (len(docs), self.n_mem, self.hidden_size)
-        if states.shape != expect:
-            raise ValueError(f"states must have shape {expect}, got {states.shape}")
+        states = _as_float32(states, expect, "states")
+        if self.has_readout and readout is None:
+            raise ValueError(f"index {self.path} stores readout rows: pass readout= (ClaraModel.read_memory of the states)")
+        if readout is not None and not self.has_readout:
+            raise ValueError(f"index {self.path} was created without readout rows: do not pass readout=")
+        readout = None if readout is None else _as_float32(readout, expect, "readout")
         seen: set[str] = set()
         for d in docs:
             if d.id in self._row_of or d.id in seen:
@@ -314,10 +351,11 @@ class MemoryIndex:
             seen.add(d.id)
         size = int(self.manifest["shard_size"])
         for start in range(0, len(docs), size):
-            self._commit_shard(list(docs[start : start + size]), states[start : start + size])
+            part = slice(start, start + size)
+            self._commit_shard(list(docs[part]), states[part], None if readout is None else readout[part])
         return len(docs)
 
-    def _commit_shard(self, docs: list[Document], states: np.ndarray) -> None:
+    def _commit_shard(self, docs: list[Document], states: np.ndarray, readout: np.ndarray | None) -> None:
         name = f"{len(self.shards):05d}"
         if self.storage == "int8":
             codes, scale = quantize_int8(states)
@@ -329,6 +367,8 @@ class MemoryIndex:
             # norms of the stored (rounded) values, so exact search scores what is on disk
             norm = np.linalg.norm(fp16.reshape(len(docs), -1).astype(np.float32), axis=1)
         tensors["inv_norm"] = (1.0 / np.maximum(norm, 1e-12)).astype(np.float32)
+        if readout is not None:
+            tensors["readout"] = readout.astype(np.float16)
         folder = self.path / "shards"
         docs_file, states_file = folder / f"{name}.docs.jsonl", folder / f"{name}.safetensors"
 
@@ -380,6 +420,7 @@ class MemoryIndex:
             "documents": self.count,
             "shards": len(self.shards),
             "storage": self.storage,
+            "readout": self.has_readout,
             "n_mem": self.n_mem,
             "hidden_size": self.hidden_size,
             "state_bytes": state_bytes,
