@@ -130,11 +130,17 @@ def bench_compress(model: ClaraModel, n_docs: int, batch_size: int, reps: int) -
 
 def qa_corpus(name: str, n_docs: int) -> tuple[list[Document], list[str]]:
     """Documents and questions: ``nq`` = NQ-open gold passages (100-word Wikipedia chunks,
-    ~150 tokens) of the first n_docs questions; ``2wiki`` = 2Wiki passages (~40 tokens)."""
-    if name == "nq":
+    ~130 tokens) of the first n_docs questions; ``nq-long`` = two consecutive of those passages
+    joined (~260 tokens: the reference's doc_max_len 256, for latency at its shape); ``2wiki`` =
+    2Wiki passages (~40 tokens)."""
+    if name in ("nq", "nq-long"):
+        per_doc = 2 if name == "nq-long" else 1
         with gzip.open(NQ, "rt") as f:
-            rows = [json.loads(line) for line in islice(f, n_docs)]
-        docs = [Document(id=f"nq{i}", title=r["ctxs"][0]["title"], text=r["ctxs"][0]["text"]) for i, r in enumerate(rows)]
+            rows = [json.loads(line) for line in islice(f, n_docs * per_doc)]
+        docs = []
+        for i in range(0, len(rows) - per_doc + 1, per_doc):
+            ctxs = [r["ctxs"][0] for r in rows[i : i + per_doc]]
+            docs.append(Document(id=f"nq{i}", title=ctxs[0]["title"], text="\n".join(c["text"] for c in ctxs)))
         return docs, [r["question"] for r in rows]
     return list(read_corpus(CORPUS))[:n_docs], [q["question"] for q in json.loads(QUESTIONS.read_text())]
 
@@ -235,7 +241,7 @@ def bench_query(
         out = {
             "corpus": corpus, "docs": n_docs, "doc_tokens_median": int(np.median(doc_tokens)),
             "queries": len(questions), "k": k, "premerge": premerge, "fulltext_prefix_cache": prefix_cache, "index_readout_rows": index.has_readout, "max_new_tokens": max_new_tokens, "new_tokens_both": max_new_tokens,
-            "n_mem": model.config.n_mem, "compression_ratio": model.config.compression_ratio,
+            "n_mem": model.config.n_mem, "compression_ratio": model.config.compression_ratio, "doc_max_len": model.config.doc_max_len,
             "memory_slots_in_prompt": k * model.config.n_mem,
             "clara_ms": {key: ms(v) for key, v in clara.items()},
             "fulltext_ms": {key: ms(v) for key, v in full.items() if key in ("retrieve", "generate", "total")},
@@ -457,7 +463,8 @@ def main() -> None:
     p.add_argument("what", choices=["compress", "query", "search", "readout"])
     p.add_argument("--model", default=None, help="CLaRa checkpoint (default: fresh adapters on the default backbone)")
     p.add_argument("--docs", type=int, default=64)
-    p.add_argument("--corpus", default="nq", choices=["nq", "2wiki"], help="`query`: NQ 100-word passages or 2Wiki passages")
+    p.add_argument("--corpus", default="nq", choices=["nq", "nq-long", "2wiki"],
+                   help="`query`: NQ 100-word passages, two of them joined, or 2Wiki passages")
     p.add_argument("--queries", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each measured run")
