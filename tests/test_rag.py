@@ -211,3 +211,11 @@ def test_index_without_readout_field_still_answers(soft_model, docs, tmp_path):
     rows = [old.row_of(s.id) for s in result.sources]
     with torch.no_grad():
         assert result.answer == soft_model.generate(["Who?"], [old.states(rows)], max_new_tokens=4)[0]
+
+
+def test_reopening_keeps_the_index_readout_setting(soft_model, docs, tmp_path, caplog):
+    add_documents(soft_model, open_or_create(soft_model, tmp_path / "idx", readout=False), docs[:4], progress=False)
+    with caplog.at_level("WARNING"):
+        again = open_or_create(soft_model, tmp_path / "idx", readout=True)
+    assert not again.has_readout and "ignoring readout=True" in caplog.text
+    assert add_documents(soft_model, again, docs[:6], progress=False).added == 2

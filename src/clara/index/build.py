@@ -66,6 +66,9 @@ def open_or_create(
         index.check_model(model)
         if index.storage != storage:
             log.warning("index %s stores %s; ignoring the requested %s", out, index.storage, storage)
+        if readout is not None and readout != index.has_readout:
+            log.warning("index %s was created %s readout rows; ignoring readout=%s", out,
+                        "with" if index.has_readout else "without", readout)
         return index
     if readout is None:
         readout = model.config.mem_readout == "soft_tokens"
