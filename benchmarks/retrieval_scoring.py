@@ -1,0 +1,94 @@
+"""How query and document memory states are compared, measured as Recall@5 (issue 7).
+
+CLaRa scores a candidate by the cosine of the flattened states (the paper: slot i of the query
+against slot i of the document). Memory slots need not line up between a question and a
+document, so this also measures slot-order-free scores on the same states, with no training:
+
+- ``cosine``: cosine of the flattened (n_mem*H) states (the paper; what clara uses today);
+- ``pooled``: cosine of the mean state over slots;
+- ``maxsim``: late interaction (ColBERT-style): for each query slot the best cosine with any
+  document slot, summed over query slots.
+
+Each with the query reasoner encoding the question (CLaRa) and with the compressor encoding it
+(the query reasoner's initialisation). HotpotQA dev split, oracle candidates (10 per question,
+2 gold: a random ranking has R@5 = 50).
+
+    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from clara import ClaraModel
+from clara.data.qa import QAExample, load_hotpotqa
+
+ROOT = Path(__file__).resolve().parents[1]
+HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # query (M, H), docs (n, M, H) -> (n,)
+
+
+def cosine(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    return F.normalize(docs.flatten(1), dim=-1) @ F.normalize(q.flatten(), dim=0)
+
+
+def pooled(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    return F.normalize(docs.mean(1), dim=-1) @ F.normalize(q.mean(0), dim=0)
+
+
+def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    sims = torch.einsum("mh,nkh->nmk", F.normalize(q, dim=-1), F.normalize(docs, dim=-1))  # (n, M_q, M_d)
+    return sims.max(-1).values.sum(-1)
+
+
+def recall_at(examples: list[QAExample], queries: torch.Tensor, docs: list[torch.Tensor], score: Score, k: int) -> float:
+    hits = total = 0
+    for ex, q, d in zip(examples, queries, docs):
+        top = set(score(q, d).topk(min(k, len(d))).indices.tolist())
+        gold = {j for j, doc in enumerate(ex.docs) if doc.id in ex.gold_ids}
+        hits += len(gold & top)
+        total += len(gold)
+    return round(100 * hits / total, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="CLaRa checkpoint (default: the shipped one)")
+    ap.add_argument("--limit", type=int, default=100, help="dev questions")
+    ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_scoring.json")
+    args = ap.parse_args()
+
+    model = ClaraModel.from_pretrained(args.model, device="cpu").eval()
+    keep = {i for entry in json.loads(args.splits.read_text()).values() for i in entry.get("ids", [])}
+    examples = [e for e in load_hotpotqa(HOTPOT) if e.id in keep][: args.limit]
+    start = time.perf_counter()
+    with torch.no_grad():
+        docs = [model.compress([d.full_text() for d in e.docs], batch_size=16) for e in examples]  # (n_i, M, H) each
+        questions = [e.question for e in examples]
+        encoders = {"query_reasoner": model.encode_query(questions), "compressor": model.compress(questions)}
+    scores: dict[str, Score] = {"cosine": cosine, "pooled": pooled, "maxsim": maxsim}
+    table = {
+        enc: {name: recall_at(examples, q, docs, fn, args.k) for name, fn in scores.items()}
+        for enc, q in encoders.items()
+    }
+    result = {
+        "model": args.model or "default", "questions": len(examples), "k": args.k,
+        f"recall@{args.k}": table, "seconds": round(time.perf_counter() - start, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
