@@ -130,34 +130,30 @@ class ClaraRAG:
             raise ValueError(f"{len(questions)} questions but {len(ks)} values of k")
         if not questions:
             return []
-        with self._lock:
-            sources, rows, timings = self._retrieve(questions, max(ks))
-            sources = [s[:kk] for s, kk in zip(sources, ks)]
-            states = [self._memory(r[:kk]) for r, kk in zip(rows, ks)]  # (k_i, n_mem, H)
-            t0 = time.perf_counter()
-            texts = self.model.generate(
-                questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens, pre_read=self.index.has_readout
-            )
-            timings["generate"] = time.perf_counter() - t0
-        return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]
+        return self._answer(questions, ks, max_new_tokens)
 
     @torch.no_grad()
     def ask(
         self, question: str, k: int | None = None, max_new_tokens: int | None = None, streamer: object | None = None
     ) -> Answer:
         """Answer one question; ``streamer`` (a transformers streamer) receives tokens as they come."""
-        if streamer is None:
-            return self.ask_batch([question], k, max_new_tokens)[0]
+        return self._answer([question], [k or self.k], max_new_tokens, streamer)[0]
+
+    def _answer(
+        self, questions: list[str], ks: list[int], max_new_tokens: int | None, streamer: object | None = None
+    ) -> list[Answer]:
+        """One query encoding, one search at the largest k, one generate call (``streamer``: one question only)."""
         with self._lock:
-            sources, rows, timings = self._retrieve([question], k or self.k)
-            states = self._memory(rows[0])
+            sources, rows, timings = self._retrieve(questions, max(ks))
+            sources = [s[:kk] for s, kk in zip(sources, ks)]
+            states = [self._memory(r[:kk]) for r, kk in zip(rows, ks)]  # (k_i, n_mem, H)
             t0 = time.perf_counter()
-            text = self.model.generate(
-                [question], [states], max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer,
+            texts = self.model.generate(
+                questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer,
                 pre_read=self.index.has_readout,
-            )[0]
+            )
             timings["generate"] = time.perf_counter() - t0
-        return Answer(question, text, sources[0], timings)
+        return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]
 
     # ------------------------------------------------------------------ growing the index
     def add_documents(self, docs: Iterable[Document], batch_size: int = 32) -> BuildReport:
