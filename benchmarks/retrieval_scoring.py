@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from clara import ClaraModel
 from clara.data.qa import QAExample, load_hotpotqa
+from clara.eval.metrics import mean, recall_at_k
+from clara.eval.retrievers import top_k
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -37,7 +39,7 @@ Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # query (M, H), do
 
 
 def cosine(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    return F.normalize(docs.flatten(1), dim=-1) @ F.normalize(q.flatten(), dim=0)
+    return ClaraModel.score(q.unsqueeze(0), docs)[0]  # what clara retrieves with
 
 
 def pooled(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
@@ -50,13 +52,12 @@ def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
 
 
 def recall_at(examples: list[QAExample], queries: torch.Tensor, docs: list[torch.Tensor], score: Score, k: int) -> float:
-    hits = total = 0
-    for ex, q, d in zip(examples, queries, docs):
-        top = set(score(q, d).topk(min(k, len(d))).indices.tolist())
-        gold = {j for j, doc in enumerate(ex.docs) if doc.id in ex.gold_ids}
-        hits += len(gold & top)
-        total += len(gold)
-    return round(100 * hits / total, 1)
+    """Mean Recall@k over questions, in percent (as `clara eval` computes it)."""
+    values = [
+        recall_at_k([ex.docs[j].id for j in top_k(score(q, d), k)], ex.gold_ids, k)
+        for ex, q, d in zip(examples, queries, docs)
+    ]
+    return round(100 * mean(values), 1)
 
 
 def main() -> None:
