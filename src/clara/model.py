@@ -2,7 +2,7 @@
 
     compress(texts)        compressor adapter:     text      -> (N, n_mem, H) memory states
     encode_query(qs)       query-reasoner adapter: question  -> (B, n_mem, H), same space
-    score(q, d)            cosine over flattened states     -> (B, N)
+    score(q, d)            retrieval score (clara.score)    -> (B, N)
     generate(qs, states)   generator adapter: placeholders in the prompt replaced by states
 
 Training (``clara.train``) calls exactly these pieces plus :meth:`ClaraModel.generator_loss`,
@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import score as scoring
 from . import tokens
 from .backbone import load_backbone
 from .config import ClaraConfig
@@ -401,17 +402,9 @@ class ClaraModel(nn.Module):
         with self._inference_merge("query_reasoner", len(questions)):
             return self._encode_batched(questions, "query_reasoner", self.config.query_max_len, batch_size, False)
 
-    @staticmethod
-    def score(q_states: torch.Tensor, doc_states: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of flattened states: (B, n_mem, H) x (N, n_mem, H) -> (B, N)."""
-        if q_states.dim() != 3 or doc_states.dim() != 3 or q_states.shape[1:] != doc_states.shape[1:]:
-            raise ValueError(
-                f"score needs (B, n_mem, H) and (N, n_mem, H) with equal n_mem and H, got "
-                f"{tuple(q_states.shape)} and {tuple(doc_states.shape)}"
-            )
-        q = F.normalize(q_states.flatten(1).float(), dim=-1)
-        d = F.normalize(doc_states.flatten(1).float(), dim=-1)
-        return q @ d.T
+    def score(self, q_states: torch.Tensor, doc_states: torch.Tensor) -> torch.Tensor:
+        """Retrieval scores under ``config.retrieval_score``: (B, n_mem, H) x (N, n_mem, H) -> (B, N)."""
+        return scoring.score(q_states, doc_states, self.config.retrieval_score)
 
     # ------------------------------------------------------------------ generator
     def _check_states(self, states: Sequence[torch.Tensor], n: int, what: str) -> list[torch.Tensor]:

@@ -85,7 +85,7 @@ class ClaraRAG:
         if premerge:
             model.premerge("query_reasoner", "generator")
         self.model, self.index, self.k, self.max_new_tokens = model, index, k, max_new_tokens
-        self.searcher = Searcher(index, method=search, nprobe=nprobe)
+        self.searcher = Searcher(index, method=search, nprobe=nprobe, score=model.config.retrieval_score)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ retrieval

@@ -242,7 +242,7 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse)
     async def retrieve(body: RetrieveRequest) -> RetrieveResponse:
-        """Top-k documents by cosine of memory states, with their text."""
+        """Top-k documents by the retrieval score of memory states, with their text."""
         query = check_text(body.query, "query")
         k = check_k(body.k)
         found = await asyncio.get_running_loop().run_in_executor(executor, rag.retrieve, [query], k)

@@ -9,7 +9,7 @@ def differentiable_topk(scores: torch.Tensor, k: int, tau: float = 1.0) -> torch
     """Select the top-k items: hard one-hots forward, masked-softmax gradients backward.
 
     Args:
-        scores: (B, N) retrieval scores (cosine similarities).
+        scores: (B, N) retrieval scores (clara.score: cosine or max-sim, both in [-1, 1]).
         k: number of items to select, 1 <= k <= N.
         tau: softmax temperature of the soft path (1.0 in training, small at inference).
 

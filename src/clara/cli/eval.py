@@ -34,6 +34,9 @@ def eval_command(
     text_checkpoint: Optional[Path] = typer.Option(
         None, exists=True, help="Checkpoint of `clara train text`, read by the full-text-lora and gold-text-lora systems."
     ),
+    retrieval_score: Optional[str] = typer.Option(
+        None, help="Override the checkpoints' retrieval score: cosine (the paper) or maxsim (late interaction)."
+    ),
     corpus: Optional[Path] = typer.Option(None, help="Passage corpus for the 2wiki questions form."),
     pool_corpus: Optional[Path] = typer.Option(None, help="Extra documents pooled in the normal setting."),
     negatives: int = typer.Option(0, help="2wiki questions form: random negatives per question."),
@@ -50,7 +53,8 @@ def eval_command(
         cfg = EvalConfig(
             data=str(data), out_dir=str(out), fmt=fmt, setting=setting, systems=list(system),
             checkpoints=list(checkpoint), backbone=backbone,
-            text_checkpoint=str(text_checkpoint) if text_checkpoint else None, top_k=top_k, limit=limit, seed=seed,
+            text_checkpoint=str(text_checkpoint) if text_checkpoint else None, retrieval_score=retrieval_score,
+            top_k=top_k, limit=limit, seed=seed,
             split=str(split) if split else None,
             first_answer_only=first_answer_only, retrieval_only=retrieval_only, max_new_tokens=max_new_tokens,
             batch_size=batch_size, corpus=str(corpus) if corpus else None,

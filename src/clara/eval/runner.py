@@ -82,6 +82,9 @@ class EvalConfig:
     text_checkpoint: str | None = field(
         default=None, metadata={"help": "Checkpoint of `clara train text` read by the *-text-lora systems."}
     )
+    retrieval_score: str | None = field(
+        default=None, metadata={"help": "Override the checkpoints' retrieval score: 'cosine' or 'maxsim' (clara.score)."}
+    )
     top_k: int = field(default=5, metadata={"help": "Documents each reader gets."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
     split: str | None = field(
@@ -170,7 +173,8 @@ def load_models(cfg: EvalConfig) -> tuple[list[tuple[str, "ClaraModel"]], "Clara
     if needs_clara:
         for ckpt in cfg.checkpoints:
             path = None if ckpt == "default" else ckpt
-            models.append((_label(ckpt), ClaraModel.from_pretrained(path, backbone=cfg.backbone, device=cfg.device)))
+            score = {"retrieval_score": cfg.retrieval_score} if cfg.retrieval_score else {}
+            models.append((_label(ckpt), ClaraModel.from_pretrained(path, backbone=cfg.backbone, device=cfg.device, **score)))
     if models:
         return models, models[0][1]
     if cfg.retrieval_only or all(SYSTEMS[s][1] != "text" for s in cfg.systems):

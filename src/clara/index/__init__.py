@@ -1,4 +1,4 @@
-"""The memory index: a corpus compressed once into memory states, searched by cosine.
+"""The memory index: a corpus compressed once into memory states, searched by the model's retrieval score.
 
     MemoryIndex   storage (fp16 or int8 shards, manifest, documents)   store.py
     add_documents resumable, batched compression into an index         build.py

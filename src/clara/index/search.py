@@ -1,8 +1,9 @@
-"""Search a MemoryIndex: exact cosine over flattened states, or an approximate FAISS path.
+"""Search a MemoryIndex: exact scoring of every row, or an approximate FAISS path.
 
-Exact: the flattened query (n_mem*H) is normalised once; stored rows are scanned in
-blocks (float32 copies of at most ``block_rows`` rows), each block scored by one matrix
-product and folded into a running top-k. Memory is bounded whatever the corpus size.
+Exact: the query is normalised once for the model's retrieval score (``clara.score``:
+cosine of flattened states, or max-sim over slots); stored rows are scanned in blocks
+(float32 copies of at most ``block_rows`` rows), each block scored by one matrix product
+and folded into a running top-k. Memory is bounded whatever the corpus size.
 
 Approximate (``method="ann"``): flattened states are normalised, centred on their mean
 and projected to ``dim`` dimensions by PCA, plus one coordinate holding the norm of what the
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import score as scoring
 from .store import MemoryIndex, MemoryIndexError
 
 log = logging.getLogger(__name__)
@@ -49,23 +51,41 @@ def _merge_topk(
     return top.values, all_r.gather(1, top.indices)
 
 
-def _flat_queries(index: MemoryIndex, queries: torch.Tensor) -> torch.Tensor:
-    """(B, n_mem, H) -> unit-norm float32 (B, n_mem*H), checked against the index's shape."""
+def _check_queries(index: MemoryIndex, queries: torch.Tensor) -> torch.Tensor:
+    """(B, n_mem, H) float32 on the CPU, checked against the index's shape."""
     if queries.dim() != 3 or tuple(queries.shape[1:]) != (index.n_mem, index.hidden_size):
         raise ValueError(
             f"queries must be (B, {index.n_mem}, {index.hidden_size}) for this index, got {tuple(queries.shape)}"
         )
-    return F.normalize(queries.detach().to("cpu", torch.float32).flatten(1), dim=-1)
+    return queries.detach().to("cpu", torch.float32)
+
+
+def _flat_queries(index: MemoryIndex, queries: torch.Tensor) -> torch.Tensor:
+    """(B, n_mem, H) -> unit-norm float32 (B, n_mem*H): what the ANN's cosine projection takes."""
+    return F.normalize(_check_queries(index, queries).flatten(1), dim=-1)
+
+
+def _block_scores(q: torch.Tensor, rows: torch.Tensor, inv_norm: torch.Tensor, kind: str) -> torch.Tensor:
+    """Scores of unit queries q (B, M, H) against raw stored rows (n, M*H) -> (B, n)."""
+    if kind == "cosine":  # the stored inverse norms normalise the rows without another pass
+        return (q.flatten(1) @ rows.T) * inv_norm
+    return scoring.score_unit(q, scoring.unit(rows.view(len(rows), *q.shape[1:]), kind), kind)
 
 
 def exact_search(
-    index: MemoryIndex, queries: torch.Tensor, k: int, block_rows: int = 16384, start_row: int = 0
+    index: MemoryIndex,
+    queries: torch.Tensor,
+    k: int,
+    block_rows: int = 16384,
+    start_row: int = 0,
+    score: str = "cosine",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine top-k over rows >= ``start_row``: scores (B, k') float32 and rows (B, k') int64, best first.
-
-    k' = min(k, rows searched).
+    """Top-k by ``score`` (clara.score) over rows >= ``start_row``: scores (B, k') float32 and
+    rows (B, k') int64, best first. k' = min(k, rows searched).
     """
-    q = _flat_queries(index, queries)  # (B, D)
+    q = scoring.unit(_check_queries(index, queries), score)  # (B, M, H)
+    if score == "maxsim":  # its (B*M, n*M) slot-pair matrix is M^2 times a block's rows: keep it near 64 MB
+        block_rows = max(1, min(block_rows, (1 << 24) // (len(q) * index.n_mem**2)))
     best_s = torch.empty(len(q), 0)
     best_r = torch.empty(len(q), 0, dtype=torch.long)
     for first, block, inv_norm in index.iter_blocks(block_rows):
@@ -73,21 +93,22 @@ def exact_search(
             continue
         skip = max(0, start_row - first)
         rows = torch.from_numpy(np.asarray(block[skip:], dtype=np.float32))  # (n, D), the bounded copy
-        scores = (q @ rows.T) * torch.from_numpy(np.array(inv_norm[skip:], dtype=np.float32))  # (B, n)
+        inv = torch.from_numpy(np.array(inv_norm[skip:], dtype=np.float32))
+        scores = _block_scores(q, rows, inv, score)  # (B, n)
         ids = torch.arange(first + skip, first + len(block)).expand(len(q), -1)
         best_s, best_r = _merge_topk(best_s, best_r, scores, ids, k)
     return best_s, best_r
 
 
-def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Exact cosine of each query with its own candidate rows: (B, m) -> (B, m); -inf where row < 0."""
-    q = _flat_queries(index, queries)
+def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor, score: str = "cosine") -> torch.Tensor:
+    """Exact ``score`` of each query with its own candidate rows: (B, m) -> (B, m); -inf where row < 0."""
+    q = scoring.unit(_check_queries(index, queries), score)  # (B, M, H)
     out = torch.full(rows.shape, -math.inf)
     for b in range(len(q)):
         valid = rows[b] >= 0
         if valid.any():
-            d = F.normalize(index.states(rows[b][valid].tolist()).flatten(1), dim=-1)  # (m, D)
-            out[b, valid] = d @ q[b]
+            d = scoring.unit(index.states(rows[b][valid].tolist()), score)  # (m, M, H)
+            out[b, valid] = scoring.score_unit(q[b : b + 1], d, score)[0]
     return out
 
 
@@ -253,7 +274,11 @@ def _load_ann(index: MemoryIndex, nprobe: int) -> tuple[Any, AnnProjection, int]
 
 
 class Searcher:
-    """Top-k search over one index; ``method`` 'exact' or 'ann' (the ANN is loaded once)."""
+    """Top-k search over one index; ``method`` 'exact' or 'ann' (the ANN is loaded once).
+
+    ``score`` is the model's ``retrieval_score``. The ANN always proposes candidates by the
+    cosine of flattened states (what it was built on); they are then re-scored by ``score``.
+    """
 
     def __init__(
         self,
@@ -262,10 +287,12 @@ class Searcher:
         nprobe: int = DEFAULT_NPROBE,
         rerank: int = 10,
         block_rows: int = 16384,
+        score: str = "cosine",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.index, self.method, self.nprobe, self.rerank, self.block_rows = index, method, nprobe, rerank, block_rows
+        self.score = scoring.check_kind(score)
         self._ann: tuple[Any, AnnProjection, int] | None = _load_ann(index, nprobe) if method == "ann" else None
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,14 +303,16 @@ class Searcher:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if self._ann is None:
-            return exact_search(self.index, queries, k, self.block_rows)
+            return exact_search(self.index, queries, k, self.block_rows, score=self.score)
         ivf, proj, covered = self._ann
         q = _flat_queries(self.index, queries).numpy()
         _, cand = ivf.search(proj.queries(q), max(k * self.rerank, k))  # (B, m), -1 = none
         cand_t = torch.from_numpy(cand)
-        scores, rows = self._topk_valid(rescore(self.index, queries, cand_t), cand_t, k)
+        scores, rows = self._topk_valid(rescore(self.index, queries, cand_t, self.score), cand_t, k)
         if covered < len(self.index):  # rows added after the ANN was built: scan them exactly
-            tail_s, tail_r = exact_search(self.index, queries, k, self.block_rows, start_row=covered)
+            tail_s, tail_r = exact_search(
+                self.index, queries, k, self.block_rows, start_row=covered, score=self.score
+            )
             scores, rows = _merge_topk(scores, rows, tail_s, tail_r, k)
         return scores, rows
 

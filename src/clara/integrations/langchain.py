@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 
 class ClaraRetriever(BaseRetriever):
-    """Top-k documents by CLaRa memory-state cosine; metadata holds id, title, score and the stored meta."""
+    """Top-k documents by CLaRa's retrieval score over memory states; metadata holds id, title, score and the stored meta."""
 
     rag: Any  # a clara.ClaraRAG (typed loosely: pydantic need not know torch types)
     k: int = 5

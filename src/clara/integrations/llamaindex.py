@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 
 class ClaraLlamaRetriever(BaseRetriever):
-    """Top-k documents by CLaRa memory-state cosine, as LlamaIndex nodes with scores."""
+    """Top-k documents by CLaRa's retrieval score over memory states, as LlamaIndex nodes with scores."""
 
     def __init__(self, rag: Any, k: int = 5, **kwargs: Any) -> None:
         self.rag, self.k = rag, k

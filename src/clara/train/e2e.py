@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.qa import QAExample
 from ..model import ClaraModel
+from ..score import score_candidates
 from ..topk import differentiable_topk
 from .batch import Batch
 from .config import TrainConfig
@@ -66,9 +67,7 @@ def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
         n = min(len(ex.docs) for ex in exs)
         cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs]).to(model.device)  # (B, n, n_mem, H)
         q = model.encode_query([ex.question for ex in exs])  # (B, n_mem, H)
-        qf = torch.nn.functional.normalize(q.flatten(1).float(), dim=-1)  # (B, n_mem*H)
-        df = torch.nn.functional.normalize(cand.flatten(2).float(), dim=-1)  # (B, n, n_mem*H)
-        scores = torch.einsum("bd,bnd->bn", qf, df)  # (B, n) cosine, as ClaraModel.score
+        scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n), as ClaraModel.score
         k = min(cfg.k_docs, n)
         z = differentiable_topk(scores, k, cfg.tau)  # (B, k, n)
         selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
