@@ -21,7 +21,13 @@ clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.j
 clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_RETRIEVAL" \
     --setting oracle --retrieval-only -s clara -s bm25 -s minilm -c "$CKPT" \
     --device cpu -o benchmarks/results/quality_hotpot_retrieval
-# normal setting: every paragraph of the first N_ANSWER dev questions pooled into one corpus
+# normal setting, answers: every paragraph of the first N_ANSWER dev questions pooled into one
+# corpus; CLaRa retrieves its top-5 from all of them and reads them compressed, the text LoRA reads
+# the same five as text
+clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_ANSWER" \
+    --setting normal -s clara -s closed-book "${TEXT_SYSTEMS[@]}" -c "$CKPT" -k 5 --max-new-tokens 24 \
+    --device cpu -o benchmarks/results/quality_hotpot_normal
+# normal setting, retrieval only
 clara eval "$DATA/hotpotqa/hotpot_dev_distractor_500.jsonl" --split splits/dev.json --limit "$N_ANSWER" \
     --setting normal --retrieval-only -s clara -s bm25 -s minilm -c "$CKPT" \
     --device cpu -o benchmarks/results/quality_hotpot_normal_retrieval

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from clara import ClaraModel
+from clara.cli import app
 from clara.data.corpus import Document, read_corpus
 from clara.index import (
     AnnConfig,
@@ -149,19 +151,33 @@ def test_exact_search_matches_brute_force_and_blocks(model, docs, tmp_path, kind
     assert Searcher(index, score=kind).search(q, 10)[1].tolist() == want.indices.tolist()
 
 
-def test_maxsim_ranks_differently_and_the_ann_rescores_by_it(model, docs, tmp_path):
+def test_maxsim_ann_holds_slots_and_serves_only_its_score(backbones, docs, tmp_path):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"], retrieval_score="maxsim"))
+    perturb_lora(model)
     index = open_or_create(model, tmp_path / "idx", shard_size=50)
-    add_documents(model, index, docs, progress=False)
-    build_ann(index, AnnConfig(dim=64))
+    add_documents(model, index, docs[:100], progress=False)
+    # `clara index ann` without --score serves the score of the model that built the index
+    result = CliRunner().invoke(app, ["index", "ann", str(index.path), "--dim", "32"])
+    assert result.exit_code == 0, result.output
+    index = MemoryIndex.open(index.path)
+    assert index.manifest["ann"]["score"] == "maxsim" and index.manifest["ann"]["kind"].endswith("slots")
     with torch.no_grad():
         q = model.encode_query([d.title for d in docs[:20]])
     cos_rows = exact_search(index, q, 10)[1]
     ms_rows = exact_search(index, q, 10, score="maxsim")[1]
     assert cos_rows.tolist() != ms_rows.tolist()  # a different score, a different ranking
-    ann_s, ann_rows = Searcher(index, "ann", score="maxsim", rerank=30).search(q, 10)
-    # every returned score is the exact max-sim of that row, and the ANN finds most of the exact top 10
-    torch.testing.assert_close(ann_s, rescore(index, q, ann_rows, "maxsim"))
-    assert recall_at_k(ms_rows, ann_rows) >= 0.8
+    ann_s, ann_rows = Searcher(index, "ann", score="maxsim").search(q, 10)
+    torch.testing.assert_close(ann_s, rescore(index, q, ann_rows, "maxsim"))  # exact max-sim of the rows returned
+    assert recall_at_k(ms_rows, ann_rows) >= 0.9
+    assert recall_at_k(ms_rows, Searcher(index, "ann", score="maxsim", nprobe=1, rerank=1).search(q, 10)[1]) < 0.9
+    # rows added after the ANN are scanned exactly
+    add_documents(model, index, docs[100:], progress=False)
+    with torch.no_grad():
+        q_new = model.encode_query([docs[110].full_text()])
+    assert Searcher(index, "ann", score="maxsim").search(q_new, 5)[1].tolist() == exact_search(
+        index, q_new, 5, score="maxsim")[1].tolist()
+    with pytest.raises(MemoryIndexError, match="serves the maxsim score, the model retrieves by cosine"):
+        Searcher(index, "ann", score="cosine")
     with pytest.raises(ValueError, match="retrieval score must be one of"):
         Searcher(index, score="dot")
 

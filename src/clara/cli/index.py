@@ -116,7 +116,7 @@ def build(
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
     """Compress CORPUS into a memory index at OUT; rerun the same command to resume a cut build."""
-    from ..index import build_ann, open_or_create
+    from ..index import AnnConfig, build_ann, open_or_create
     from ..io import DataError
 
     clara, model_path = load_model(model, device, out)
@@ -129,7 +129,7 @@ def build(
         fail(e)
     _run_add(clara, index, corpus, batch_size, overlap)
     if ann:
-        info = build_ann(index)
+        info = build_ann(index, AnnConfig(score=clara.config.retrieval_score))
         console.print(f"approximate index: {info}")
 
 
@@ -217,15 +217,20 @@ def search(
 def ann(
     index_dir: Path = typer.Argument(..., help="Index folder."),
     dim: int = typer.Option(256, help="Projected dimensions."),
-    nlist: int = typer.Option(0, help="IVF cells (0: about 4*sqrt(N))."),
+    nlist: int = typer.Option(0, help="IVF cells (0: about 4*sqrt(vectors))."),
+    score: Optional[str] = typer.Option(
+        None, help="Retrieval score to serve: cosine or maxsim (default: the one of the model that built the index)."
+    ),
 ) -> None:
     """(Re)build the approximate search index over every document now in the index."""
     from ..index import AnnConfig, MemoryIndex, build_ann
     from ..io import DataError
 
     try:
-        info = build_ann(MemoryIndex.open(index_dir), AnnConfig(dim=dim, nlist=nlist))
-    except DataError as e:
+        index = MemoryIndex.open(index_dir)
+        score = score or index.manifest["model_fingerprint"].get("retrieval_score", "cosine")
+        info = build_ann(index, AnnConfig(dim=dim, nlist=nlist, score=score))
+    except (DataError, ValueError) as e:
         fail(e)
     console.print(f"approximate index: {info}")
 

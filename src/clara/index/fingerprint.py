@@ -46,6 +46,9 @@ def model_fingerprint(model: "ClaraModel") -> dict[str, Any]:
         "n_mem": cfg.n_mem,
         "hidden_size": int(model.hidden_size),
         "config": {k: getattr(cfg, k) for k in _STATE_FIELDS},
+        # not part of the state space (the same states serve either score): recorded so that
+        # `clara index ann` builds the approximate index for the score the builder retrieves by
+        "retrieval_score": cfg.retrieval_score,
     }
 
 

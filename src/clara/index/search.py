@@ -14,6 +14,13 @@ matters because CLaRa states share a mean direction (pairwise cosine of differen
 is 0.66 for the shipped default, 0.9996 for its collapsed predecessor): uncentred, the first
 principal axis is spent on it. Rows added after the ANN was built are scanned exactly, so new documents are
 always found.
+
+For a max-sim model the ANN holds every memory slot instead (``AnnConfig.score="maxsim"``, as
+ColBERT does): each normalised slot is one IVF vector, each question slot fetches its nearest
+``rerank * k`` document slots, and the documents they belong to are re-scored exactly. One
+vector per document cannot propose max-sim's top-k: on real states even the exact flattened
+cosine's top 100 holds 53% of max-sim's top 10, while the slot ANN's recall@10 is 0.97 at the
+default settings (benchmarks/results/maxsim_ann.json).
 """
 
 from __future__ import annotations
@@ -114,6 +121,7 @@ def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor, score
 
 # ---------------------------------------------------------------------- approximate path
 ANN_KIND = "centred-pca-ivf-flat"  # + the discarded-norm coordinate (AnnProjection)
+ANN_KIND_SLOTS = "centred-pca-ivf-flat-slots"  # the same over single memory slots (max-sim)
 # of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the shipped default's
 # (benchmarks/results/search_NOTES.md)
 DEFAULT_NPROBE = 128
@@ -123,10 +131,14 @@ DEFAULT_NPROBE = 128
 class AnnConfig:
     """Approximate search settings."""
 
-    dim: int = 256  # projected dimensions (<= n_mem*H)
-    nlist: int = 0  # IVF cells; 0 = about 4*sqrt(N), at least 39 training rows per cell
-    train_rows: int = 50_000  # rows sampled to fit the projection and the IVF centroids
+    dim: int = 256  # projected dimensions (<= the vector's: n_mem*H, or H for slots)
+    nlist: int = 0  # IVF cells; 0 = about 4*sqrt(vectors), at least 39 training vectors per cell
+    train_rows: int = 50_000  # vectors sampled to fit the projection and the IVF centroids
     seed: int = 0
+    score: str = "cosine"  # the retrieval score served: cosine (a vector per document) or maxsim (per slot)
+
+    def __post_init__(self) -> None:
+        scoring.check_kind(self.score)
 
 
 @dataclass
@@ -209,8 +221,13 @@ def _atomic_faiss_write(index: Any, path: Path) -> None:
         raise
 
 
-def _normalised(block: np.ndarray, inv_norm: np.ndarray) -> np.ndarray:
-    return np.asarray(block, dtype=np.float32) * np.asarray(inv_norm, dtype=np.float32)[:, None]
+def _ann_vectors(states: torch.Tensor, score: str) -> np.ndarray:
+    """States (n, n_mem, H) -> what the IVF holds: unit rows (n, n_mem*H), or unit slots (n*n_mem, H).
+
+    int8 rows may come in as raw codes: their per-document scale cancels in either normalisation.
+    """
+    unit = scoring.unit(states, score)
+    return (unit.flatten(1) if score == "cosine" else unit.flatten(0, 1)).numpy()
 
 
 def build_ann(index: MemoryIndex, config: AnnConfig | None = None, block_rows: int = 16384) -> dict[str, Any]:
@@ -223,28 +240,31 @@ def build_ann(index: MemoryIndex, config: AnnConfig | None = None, block_rows: i
     import faiss
 
     config = config or AnnConfig()
-    n, full_dim = len(index), index.n_mem * index.hidden_size
+    n = len(index)
     if n == 0:
         raise MemoryIndexError(f"{index.path} is empty: nothing to build an approximate index over")
+    per_row = index.n_mem if config.score == "maxsim" else 1  # IVF vectors per document
     rng = np.random.default_rng(config.seed)
-    sample_rows = np.sort(rng.choice(n, size=min(n, config.train_rows), replace=False))
-    sample = F.normalize(index.states(sample_rows.tolist()).flatten(1), dim=-1)  # (m, D)
-    dim = min(config.dim, full_dim, len(sample))
+    sample_rows = np.sort(rng.choice(n, size=min(n, max(1, config.train_rows // per_row)), replace=False))
+    sample = torch.from_numpy(_ann_vectors(index.states(sample_rows.tolist()), config.score))  # (m*per_row, dims)
+    dim = min(config.dim, sample.shape[1], len(sample))
     projection = AnnProjection.fit(sample, dim, config.seed)
-    nlist = config.nlist or int(4 * math.sqrt(n))
+    nlist = config.nlist or int(4 * math.sqrt(n * per_row))
     nlist = max(1, min(nlist, len(sample) // 39))
     d = projection.out_dim
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
     ivf.train(projection.docs(sample.numpy()))
-    for first, block, inv_norm in index.iter_blocks(block_rows):
-        ids = np.arange(first, first + len(block), dtype=np.int64)
-        ivf.add_with_ids(projection.docs(_normalised(block, inv_norm)), ids)
+    for first, block, _ in index.iter_blocks(block_rows):
+        ids = np.arange(first * per_row, (first + len(block)) * per_row, dtype=np.int64)  # slot id = row*n_mem + j
+        states = torch.from_numpy(np.asarray(block, dtype=np.float32)).view(len(block), index.n_mem, -1)
+        ivf.add_with_ids(projection.docs(_ann_vectors(states, config.score)), ids)
     build = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(4)}"
     folder = index.path / ANN_DIR / build
     folder.mkdir(parents=True)
     _atomic_faiss_write(ivf, folder / "ivf.faiss")
     projection.save(folder)
-    info = {"kind": ANN_KIND, "dim": dim, "nlist": nlist, "rows": n, "folder": build}
+    kind = ANN_KIND_SLOTS if config.score == "maxsim" else ANN_KIND
+    info = {"kind": kind, "score": config.score, "dim": dim, "nlist": nlist, "rows": n, "folder": build}
     index.set_manifest_field("ann", info)  # commit: the manifest now points at a complete ANN
     _remove_other_builds(index.path / ANN_DIR, keep=build)
     return info
@@ -261,12 +281,18 @@ def _remove_other_builds(root: Path, keep: str) -> None:
             log.warning("could not remove old ANN file %s: %s", entry, e)
 
 
-def _load_ann(index: MemoryIndex, nprobe: int) -> tuple[Any, AnnProjection, int]:
+def _load_ann(index: MemoryIndex, nprobe: int, score: str) -> tuple[Any, AnnProjection, int]:
     import faiss
 
     info = index.manifest.get("ann")
     if not info:
         raise MemoryIndexError(f"{index.path} has no approximate index; run `clara index ann {index.path}` first")
+    built_for = info.get("score", "cosine")  # ANNs written before max-sim existed serve cosine
+    if built_for != score:
+        raise MemoryIndexError(
+            f"the approximate index of {index.path} serves the {built_for} score, the model retrieves by {score}: "
+            f"rebuild it with `clara index ann {index.path} --score {score}`"
+        )
     folder = index.path / ANN_DIR / info.get("folder", "")  # no "folder": the older flat layout
     ivf = faiss.read_index(str(folder / "ivf.faiss"))
     ivf.nprobe = nprobe
@@ -292,8 +318,9 @@ class Searcher:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.index, self.method, self.nprobe, self.rerank, self.block_rows = index, method, nprobe, rerank, block_rows
-        self.score = scoring.check_kind(score)
-        self._ann: tuple[Any, AnnProjection, int] | None = _load_ann(index, nprobe) if method == "ann" else None
+        scoring.check_kind(score)
+        self.score = score
+        self._ann: tuple[Any, AnnProjection, int] | None = _load_ann(index, nprobe, score) if method == "ann" else None
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B, k') and rows (B, k'), best first; k' = min(k, len(index)).
@@ -305,9 +332,7 @@ class Searcher:
         if self._ann is None:
             return exact_search(self.index, queries, k, self.block_rows, score=self.score)
         ivf, proj, covered = self._ann
-        q = _flat_queries(self.index, queries).numpy()
-        _, cand = ivf.search(proj.queries(q), max(k * self.rerank, k))  # (B, m), -1 = none
-        cand_t = torch.from_numpy(cand)
+        cand_t = self._candidates(ivf, proj, queries, max(k * self.rerank, k))  # (B, m) rows, -1 = none
         scores, rows = self._topk_valid(rescore(self.index, queries, cand_t, self.score), cand_t, k)
         if covered < len(self.index):  # rows added after the ANN was built: scan them exactly
             tail_s, tail_r = exact_search(
@@ -315,6 +340,22 @@ class Searcher:
             )
             scores, rows = _merge_topk(scores, rows, tail_s, tail_r, k)
         return scores, rows
+
+    def _candidates(self, ivf: Any, proj: AnnProjection, queries: torch.Tensor, m: int) -> torch.Tensor:
+        """Rows the IVF proposes: (B, m') int64, -1 = none (cosine: m per query; maxsim: the
+        distinct documents of each question slot's m nearest slots)."""
+        if self.score == "cosine":
+            _, cand = ivf.search(proj.queries(_flat_queries(self.index, queries).numpy()), m)
+            return torch.from_numpy(cand)
+        q = scoring.unit(_check_queries(self.index, queries), "maxsim")  # (B, M, H)
+        b, n_mem, h = q.shape
+        _, slots = ivf.search(proj.queries(q.reshape(b * n_mem, h).numpy()), m)  # (B*M, m) slot ids
+        slots = torch.from_numpy(slots).view(b, -1)
+        rows = [torch.unique(s[s >= 0] // n_mem) for s in slots]
+        out = torch.full((b, max(1, max(len(r) for r in rows))), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out
 
     @staticmethod
     def _topk_valid(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
