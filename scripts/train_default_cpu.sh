@@ -18,9 +18,10 @@ clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp${RATIO}_soft
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=runs/scp${RATIO}_soft/final output_dir=runs/instruct${RATIO} \
     $cpu bow_weight=1.0 max_steps=${STEPS2:-120} save_every=20 log_every=5
-# stage 3: query reasoner + generator through differentiable top-k over 20 cached candidates
+# stage 3: query reasoner + generator through differentiable top-k over 20 cached candidates,
+# scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
-    $cpu max_rows=${ROWS3:-60} max_steps=${STEPS3:-40} save_every=10 log_every=5
+    $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim
 # the fair full-text baseline: the same recipe as stage 2, reading raw text
 clara train text -c configs/default/text.yaml max_steps=${STEPS_TEXT:-80}
 python scripts/pack_checkpoint.py runs/e2e${RATIO}/final src/clara/checkpoints/default
