@@ -192,7 +192,8 @@ def search(
 
     index, clara = open_with_model(index_dir, model, device)
     try:
-        searcher = Searcher(index, method="ann" if ann else "exact", nprobe=nprobe, score=clara.config.retrieval_score)
+        method = "ann" if ann else "exact"
+        searcher = Searcher(index, method=method, nprobe=nprobe, score=clara.config.retrieval_score)
     except DataError as e:
         fail(e)
     if k < 1:

@@ -171,10 +171,11 @@ def load_models(cfg: EvalConfig) -> tuple[list[tuple[str, "ClaraModel"]], "Clara
     needs_clara = any(SYSTEMS[s][0] == "clara" or SYSTEMS[s][1] == "clara" for s in cfg.systems)
     models = []
     if needs_clara:
+        score = {"retrieval_score": cfg.retrieval_score} if cfg.retrieval_score else {}
         for ckpt in cfg.checkpoints:
             path = None if ckpt == "default" else ckpt
-            score = {"retrieval_score": cfg.retrieval_score} if cfg.retrieval_score else {}
-            models.append((_label(ckpt), ClaraModel.from_pretrained(path, backbone=cfg.backbone, device=cfg.device, **score)))
+            model = ClaraModel.from_pretrained(path, backbone=cfg.backbone, device=cfg.device, **score)
+            models.append((_label(ckpt), model))
     if models:
         return models, models[0][1]
     if cfg.retrieval_only or all(SYSTEMS[s][1] != "text" for s in cfg.systems):

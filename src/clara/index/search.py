@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import score as scoring
 from .store import MemoryIndex, MemoryIndexError
@@ -65,11 +64,6 @@ def _check_queries(index: MemoryIndex, queries: torch.Tensor) -> torch.Tensor:
             f"queries must be (B, {index.n_mem}, {index.hidden_size}) for this index, got {tuple(queries.shape)}"
         )
     return queries.detach().to("cpu", torch.float32)
-
-
-def _flat_queries(index: MemoryIndex, queries: torch.Tensor) -> torch.Tensor:
-    """(B, n_mem, H) -> unit-norm float32 (B, n_mem*H): what the ANN's cosine projection takes."""
-    return F.normalize(_check_queries(index, queries).flatten(1), dim=-1)
 
 
 def _block_scores(q: torch.Tensor, rows: torch.Tensor, inv_norm: torch.Tensor, kind: str) -> torch.Tensor:
@@ -302,8 +296,9 @@ def _load_ann(index: MemoryIndex, nprobe: int, score: str) -> tuple[Any, AnnProj
 class Searcher:
     """Top-k search over one index; ``method`` 'exact' or 'ann' (the ANN is loaded once).
 
-    ``score`` is the model's ``retrieval_score``. The ANN always proposes candidates by the
-    cosine of flattened states (what it was built on); they are then re-scored by ``score``.
+    ``score`` is the model's ``retrieval_score``; an ANN serves only the score it was built
+    for (one vector per document for cosine, one per slot for max-sim), and its candidates are
+    re-scored exactly by ``score``.
     """
 
     def __init__(
@@ -318,8 +313,7 @@ class Searcher:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.index, self.method, self.nprobe, self.rerank, self.block_rows = index, method, nprobe, rerank, block_rows
-        scoring.check_kind(score)
-        self.score = score
+        self.score = scoring.check_kind(score)
         self._ann: tuple[Any, AnnProjection, int] | None = _load_ann(index, nprobe, score) if method == "ann" else None
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,10 +338,10 @@ class Searcher:
     def _candidates(self, ivf: Any, proj: AnnProjection, queries: torch.Tensor, m: int) -> torch.Tensor:
         """Rows the IVF proposes: (B, m') int64, -1 = none (cosine: m per query; maxsim: the
         distinct documents of each question slot's m nearest slots)."""
+        q = scoring.unit(_check_queries(self.index, queries), self.score)  # (B, M, H)
         if self.score == "cosine":
-            _, cand = ivf.search(proj.queries(_flat_queries(self.index, queries).numpy()), m)
+            _, cand = ivf.search(proj.queries(q.flatten(1).numpy()), m)
             return torch.from_numpy(cand)
-        q = scoring.unit(_check_queries(self.index, queries), "maxsim")  # (B, M, H)
         b, n_mem, h = q.shape
         _, slots = ivf.search(proj.queries(q.reshape(b * n_mem, h).numpy()), m)  # (B*M, m) slot ids
         slots = torch.from_numpy(slots).view(b, -1)
