@@ -273,6 +273,11 @@ def test_convert_and_write_round_trip(loaded: ClaraModel, e2e, tmp_path):
     assert src_l.keys() == out_l.keys()
     torch.testing.assert_close(out_l["model.embed_tokens.weight"], src_l["model.embed_tokens.weight"])
     assert out_l["lm_head.weight"].shape == src_l["lm_head.weight"].shape
+    # Apple's generator reads raw states: a model that reads them otherwise cannot be written
+    again.config.mem_readout = "soft_tokens"
+    with pytest.raises(ValueError, match="raw memory states"):
+        apple.write_apple_checkpoint(again, tmp_path / "soft", training_stage="stage2")
+    assert not (tmp_path / "soft").exists()
     back = ClaraModel.from_pretrained(tmp_path / "back", dtype="float32", device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(back.compress(DOCS), loaded.compress(DOCS))

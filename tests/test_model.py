@@ -7,6 +7,7 @@ import torch
 
 from clara import ClaraModel
 from clara.checkpoint import CheckpointError
+from clara.index.fingerprint import adapter_hash
 from clara.model import ADAPTERS
 
 from .conftest import DOCS, perturb_lora, tiny_config
@@ -218,3 +219,39 @@ def test_soft_token_readout(arch_model: ClaraModel):
     loss = arch_model.generator_loss(arch_model.answer_prompts(["Where?"], [1]), ["Paris"], [states])
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in arch_model.named_parameters() if ".compressor." in n)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_linear_readout(backbones, tmp_path, arch):
+    """mem_readout="soft_tokens_linear": the soft token plus a learned map of the raw state.
+    The map starts at zero (a soft_tokens checkpoint continues unchanged), trains with the
+    generator, survives a save/load, and a checkpoint that has one refuses a readout that
+    would drop it."""
+    torch.manual_seed(0)
+    soft = ClaraModel.from_backbone(tiny_config(backbones[arch], mem_readout="soft_tokens"))
+    perturb_lora(soft)
+    soft.save_pretrained(tmp_path / "soft")
+    lin = ClaraModel.from_pretrained(tmp_path / "soft", mem_readout="soft_tokens_linear")
+    with torch.no_grad():
+        states = soft.compress(DOCS[:2]).flatten(0, 1)  # (2 * n_mem, H)
+        torch.testing.assert_close(lin.read_memory(states), soft.read_memory(states))
+        w = 0.01 * torch.randn_like(lin.mem_proj.weight)
+        lin.mem_proj.weight.copy_(w)
+        torch.testing.assert_close(lin.read_memory(states), soft.read_memory(states) + states @ w.T)
+    lin.set_trainable(("compressor",), mem_rows=True)
+    assert not lin.mem_proj.weight.requires_grad  # the compressor alone does not move the generator's side
+    lin.set_trainable(("generator",))
+    states = lin.compress(DOCS[:1])
+    lin.generator_loss(lin.answer_prompts(["Where?"], [1]), ["Paris"], [states]).backward()
+    assert lin.mem_proj.weight.grad is not None and lin.mem_proj.weight.grad.abs().sum() > 0
+
+    lin.save_pretrained(tmp_path / "lin")
+    again = ClaraModel.from_pretrained(tmp_path / "lin")
+    torch.testing.assert_close(again.mem_proj.weight, lin.mem_proj.weight)
+    with pytest.raises(CheckpointError, match="mem_proj"):
+        ClaraModel.from_pretrained(tmp_path / "lin", mem_readout="soft_tokens")
+    # an index's readout rows depend on the map, so its fingerprint does too
+    before = adapter_hash(again)
+    with torch.no_grad():
+        again.mem_proj.weight.add_(1.0)
+    assert adapter_hash(again) != before

@@ -415,6 +415,11 @@ def write_apple_checkpoint(
             "Apple's loader rebuilds LoRA with alpha = 2 * r on all linear layers; this model has "
             f"alpha={cfg.lora_alpha}, r={cfg.lora_r}, targets={cfg.lora_target_modules!r}"
         )
+    if cfg.mem_readout != "states":
+        raise ValueError(
+            f"Apple's generator reads raw memory states; this model reads them as {cfg.mem_readout!r}, "
+            "which its code cannot reproduce"
+        )
     if cfg.doc_max_len % cfg.compression_ratio:
         raise ValueError("Apple derives n_mem = doc_max_length // compr_rate; use a doc_max_len divisible by the ratio")
     if cfg.prompt_style != "apple":

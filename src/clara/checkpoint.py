@@ -1,7 +1,8 @@
 """This project's checkpoint format: ``config.json`` + ``model.safetensors``, no pickle.
 
 ``model.safetensors`` holds only what training changes: the three LoRA adapters
-(keys ``<adapter>/<peft key>``) and the memory-token embedding rows (``mem_rows``).
+(keys ``<adapter>/<peft key>``), the memory-token embedding rows (``mem_rows``) and, with
+``mem_readout="soft_tokens_linear"``, the readout map (``mem_proj``).
 ``config.json`` records the format version, the ClaraConfig and a fingerprint of the
 backbone, so a checkpoint refuses to load onto a different backbone.
 """
@@ -96,6 +97,8 @@ def save_checkpoint(
         for key, value in get_peft_model_state_dict(model.peft, adapter_name=name).items():
             tensors[f"{name}/{key}"] = value
     tensors["mem_rows"] = model.mem_rows
+    if model.mem_proj is not None:
+        tensors["mem_proj"] = model.mem_proj.weight
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -183,8 +186,20 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
     tensors = load_file(str(folder / WEIGHTS), device=str(model.device))
     if "mem_rows" not in tensors:
         raise CheckpointError(f"{folder / WEIGHTS} has no mem_rows tensor")
+    proj = tensors.pop("mem_proj", None)
+    if proj is not None and model.mem_proj is None:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} has a learned readout map (mem_proj) that mem_readout="
+            f"{model.config.mem_readout!r} would ignore; load it with mem_readout='soft_tokens_linear'"
+        )
     with torch.no_grad():
         model.mem_rows.copy_(tensors.pop("mem_rows"))
+        if model.mem_proj is not None:
+            if proj is None:  # e.g. stage 1 continued from a soft_tokens checkpoint
+                log.info("%s has no readout map: mem_proj starts at zero (the soft_tokens readout)", folder)
+                model.mem_proj.weight.zero_()
+            else:
+                model.mem_proj.weight.copy_(proj)
     for name in ADAPTERS:
         prefix = f"{name}/"
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -19,6 +19,8 @@ DEFAULT_BACKBONE = "smollm2-135m-instruct"
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _PROMPT_STYLES = ("clara", "apple")
+#: How the generator reads memory states (ClaraModel.read_memory).
+READOUTS = ("states", "soft_tokens", "soft_tokens_linear")
 
 
 @dataclass
@@ -49,8 +51,9 @@ class ClaraConfig:
     prompt_style: str = field(default="clara", metadata={"help": "Prompt templates: 'clara' (this project) or 'apple'."})
     mem_readout: str = field(
         default="states",
-        metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states) or "
-                          "'soft_tokens' (embedding average under the output head's distribution)."},
+        metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states), "
+                          "'soft_tokens' (embedding average under the output head's distribution) or "
+                          "'soft_tokens_linear' (soft tokens plus a learned linear map of the state, zero at first)."},
     )
     mem_scale: float = field(
         default=1.0,
@@ -71,8 +74,8 @@ class ClaraConfig:
             )
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.mem_readout not in ("states", "soft_tokens"):
-            raise ValueError(f"mem_readout must be 'states' or 'soft_tokens', got {self.mem_readout!r}")
+        if self.mem_readout not in READOUTS:
+            raise ValueError(f"mem_readout must be one of {READOUTS}, got {self.mem_readout!r}")
         if self.retrieval_score not in SCORES:
             raise ValueError(f"retrieval_score must be one of {SCORES}, got {self.retrieval_score!r}")
         if self.prompt_style not in _PROMPT_STYLES:

@@ -102,6 +102,13 @@ class ClaraModel(nn.Module):
         init = emb.detach().float().mean(0, keepdim=True).repeat(special.n_new, 1)
         init += 0.01 * emb.detach().float().std() * torch.randn_like(init)
         self.mem_rows = nn.Parameter(init.to(emb.dtype))  # (n_new, H): <MEM*>, <AE>, <ENC>, <SEP>
+        # soft_tokens_linear: a learned map of the raw state, added to the soft token. It starts
+        # at zero, so a soft_tokens checkpoint continues exactly where it was and the generator
+        # can learn to read what the output head's softmax throws away (word order, for one).
+        self.mem_proj: nn.Linear | None = None
+        if config.mem_readout == "soft_tokens_linear":
+            self.mem_proj = nn.Linear(emb.shape[1], emb.shape[1], bias=False).to(emb.dtype)
+            nn.init.zeros_(self.mem_proj.weight)
         # adapter switching walks this list, not the whole module tree (peft's model-level
         # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
         self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
@@ -164,13 +171,19 @@ class ClaraModel(nn.Module):
         return self.mem_rows.shape[1]
 
     def set_trainable(self, adapters: Sequence[str] = (), mem_rows: bool = False) -> None:
-        """Make exactly these adapters (and optionally the memory rows) trainable; freeze the rest."""
+        """Make exactly these adapters (and optionally the memory rows) trainable; freeze the rest.
+
+        The readout map (``mem_proj``, if any) is the generator's side of reading memory: it
+        trains with the generator adapter.
+        """
         unknown = set(adapters) - set(ADAPTERS)
         if unknown:
             raise ValueError(f"unknown adapters {sorted(unknown)}; expected some of {ADAPTERS}")
         self._trainable = frozenset(adapters)
-        for name, p in self.named_parameters():
-            p.requires_grad_(name == "mem_rows" and mem_rows)  # the backbone stays frozen
+        for name, p in self.named_parameters():  # the backbone stays frozen
+            p.requires_grad_(
+                (name == "mem_rows" and mem_rows) or (name.startswith("mem_proj.") and "generator" in adapters)
+            )
         self._restore_grad_flags()
 
     def _restore_grad_flags(self) -> None:
@@ -446,6 +459,7 @@ class ClaraModel(nn.Module):
         injects the expected input embedding under the output head's next-token distribution
         of each state: always in the embedding distribution, so a small backbone can read
         memory from the first step (see docs/training.md for why and what it measured).
+        ``soft_tokens_linear`` adds ``mem_proj(state)``, a learned linear map (zero at first).
         """
         if self.config.mem_readout == "states":
             return states * self.config.mem_scale
@@ -453,7 +467,10 @@ class ClaraModel(nn.Module):
         probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
         soft = probs.to(emb.weight.dtype) @ emb.weight  # (M, H)
         scale = getattr(emb, "embed_scale", None)
-        return (soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)) * self.config.mem_scale
+        soft = soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)
+        if self.mem_proj is not None:
+            soft = soft + self.mem_proj(states.to(self.mem_proj.weight.dtype)).to(soft.dtype)
+        return soft * self.config.mem_scale
 
     def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]

@@ -58,7 +58,7 @@ def open_or_create(
 
     ``readout`` (new indexes only) stores the generator's input rows beside the states;
     None stores them when the model reads memory through its output head
-    (``mem_readout="soft_tokens"``), where they cost a pass per question otherwise.
+    (``mem_readout`` other than ``"states"``), where they cost a pass per question otherwise.
     """
     out = Path(out)
     if (out / MANIFEST).is_file():
@@ -71,7 +71,7 @@ def open_or_create(
                         "with" if index.has_readout else "without", readout)
         return index
     if readout is None:
-        readout = model.config.mem_readout == "soft_tokens"
+        readout = model.config.mem_readout != "states"
     return MemoryIndex.create(
         out, model_fingerprint(model), storage=storage, shard_size=shard_size, model_path=model_path, readout=readout
     )

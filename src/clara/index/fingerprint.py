@@ -21,7 +21,8 @@ _STATE_FIELDS = ("backbone", "compression_ratio", "doc_max_len", "query_max_len"
 
 
 def adapter_hash(model: "ClaraModel", adapters: tuple[str, ...] = ("compressor", "query_reasoner")) -> str:
-    """sha256 over the memory rows and these adapters' weights (default: those that shape memory states).
+    """sha256 over the memory rows, the readout map (if any: it shapes an index's readout rows)
+    and these adapters' weights (default: those that shape memory states).
 
     Values are rounded to bfloat16 first so the same checkpoint loaded as float32, float16 or
     bfloat16 hashes the same; an index leaves the generator out (it reads states, never writes
@@ -30,7 +31,7 @@ def adapter_hash(model: "ClaraModel", adapters: tuple[str, ...] = ("compressor",
     digest = hashlib.sha256()
     params = dict(model.named_parameters())
     for name in sorted(params):
-        if name == "mem_rows" or any(f".{a}." in name for a in adapters):
+        if name in ("mem_rows", "mem_proj.weight") or any(f".{a}." in name for a in adapters):
             value = params[name].detach().to("cpu", torch.bfloat16).contiguous()
             digest.update(name.encode())
             digest.update(value.view(torch.int16).numpy().tobytes())
