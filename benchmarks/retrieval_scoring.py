@@ -13,7 +13,13 @@ Each with the query reasoner encoding the question (CLaRa) and with the compress
 (the query reasoner's initialisation). HotpotQA dev split, oracle candidates (10 per question,
 2 gold: a random ranking has R@5 = 50).
 
-    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100]
+``--teacher`` also ranks each question's candidates by the generator's loss on the gold answer
+when it reads that document alone: the label-free signal an Atlas-style "perplexity
+distillation" would train the query reasoner towards (it needs the answer, so it is a teacher,
+never a retriever). If it ranks worse than the query reasoner already does, distilling it
+cannot help.
+
+    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher]
 """
 
 from __future__ import annotations
@@ -60,11 +66,19 @@ def recall_at(examples: list[QAExample], queries: torch.Tensor, docs: list[torch
     return round(100 * mean(values), 1)
 
 
+def generator_losses(model: ClaraModel, example: QAExample, docs: torch.Tensor) -> torch.Tensor:
+    """The generator's loss on the first gold answer reading each candidate alone: (n,)."""
+    n = docs.shape[0]
+    prompts = model.answer_prompts([example.question] * n, [1] * n)
+    return model.generator_loss(prompts, [example.answers[0]] * n, list(docs.unsqueeze(1)), per_example=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="CLaRa checkpoint (default: the shipped one)")
     ap.add_argument("--limit", type=int, default=100, help="dev questions")
     ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--teacher", action="store_true", help="also rank by the generator's answer loss per document")
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_scoring.json")
     args = ap.parse_args()
@@ -82,6 +96,15 @@ def main() -> None:
         enc: {name: recall_at(examples, q, docs, fn, args.k) for name, fn in scores.items()}
         for enc, q in encoders.items()
     }
+    if args.teacher:
+        with torch.no_grad():
+            losses = [generator_losses(model, e, d) for e, d in zip(examples, docs)]
+        table["generator_answer_loss"] = {
+            "teacher": round(100 * mean([
+                recall_at_k([e.docs[j].id for j in top_k(-loss, args.k)], e.gold_ids, args.k)
+                for e, loss in zip(examples, losses)
+            ]), 1)
+        }
     result = {
         "model": args.model or "default", "questions": len(examples), "k": args.k,
         f"recall@{args.k}": table, "seconds": round(time.perf_counter() - start, 1),

@@ -53,7 +53,7 @@ class ClaraConfig:
         default="states",
         metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states), "
                           "'soft_tokens' (embedding average under the output head's distribution) or "
-                          "'soft_tokens_linear' (soft tokens plus a learned linear map of the state, zero at first)."},
+                          "'soft_tokens_linear' (soft tokens plus a learned linear map of the unit state, zero at first)."},
     )
     mem_scale: float = field(
         default=1.0,

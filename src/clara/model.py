@@ -459,7 +459,7 @@ class ClaraModel(nn.Module):
         injects the expected input embedding under the output head's next-token distribution
         of each state: always in the embedding distribution, so a small backbone can read
         memory from the first step (see docs/training.md for why and what it measured).
-        ``soft_tokens_linear`` adds ``mem_proj(state)``, a learned linear map (zero at first).
+        ``soft_tokens_linear`` adds ``mem_proj(state / |state|)``, a learned linear map (zero at first).
         """
         if self.config.mem_readout == "states":
             return states * self.config.mem_scale
@@ -469,7 +469,11 @@ class ClaraModel(nn.Module):
         scale = getattr(emb, "embed_scale", None)
         soft = soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)
         if self.mem_proj is not None:
-            soft = soft + self.mem_proj(states.to(self.mem_proj.weight.dtype)).to(soft.dtype)
+            # on the unit state: final states have norms of ~50, and AdamW moves every entry of
+            # the map by ~lr per step, so on raw states the map would swamp the soft token
+            # (norm ~1) within tens of steps instead of adding to it
+            unit = F.normalize(states.to(self.mem_proj.weight.dtype), dim=-1)
+            soft = soft + self.mem_proj(unit).to(soft.dtype)
         return soft * self.config.mem_scale
 
     def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
