@@ -28,7 +28,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     return score(q.unsqueeze(0), docs, "maxsim")[0]  # ClaraConfig(retrieval_score="maxsim")
 
 
-def recall_at(examples: list[QAExample], queries: torch.Tensor, docs: list[torch.Tensor], score: Score, k: int) -> float:
+def recall_at(examples: list[QAExample], queries: Sequence[torch.Tensor], docs: list[torch.Tensor], score: Score, k: int) -> float:
     """Mean Recall@k over questions, in percent (as `clara eval` computes it)."""
     values = [
         recall_at_k([ex.docs[j].id for j in top_k(score(q, d), k)], ex.gold_ids, k)
@@ -99,12 +99,8 @@ def main() -> None:
     if args.teacher:
         with torch.no_grad():
             losses = [generator_losses(model, e, d) for e, d in zip(examples, docs)]
-        table["generator_answer_loss"] = {
-            "teacher": round(100 * mean([
-                recall_at_k([e.docs[j].id for j in top_k(-loss, args.k)], e.gold_ids, args.k)
-                for e, loss in zip(examples, losses)
-            ]), 1)
-        }
+        # the "query" is the per-document loss itself: a lower loss ranks higher
+        table["generator_answer_loss"] = {"teacher": recall_at(examples, losses, docs, lambda loss, _: -loss, args.k)}
     result = {
         "model": args.model or "default", "questions": len(examples), "k": args.k,
         f"recall@{args.k}": table, "seconds": round(time.perf_counter() - start, 1),

@@ -224,7 +224,7 @@ def test_soft_token_readout(arch_model: ClaraModel):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_linear_readout(backbones, tmp_path, arch):
-    """mem_readout="soft_tokens_linear": the soft token plus a learned map of the raw state.
+    """mem_readout="soft_tokens_linear": the soft token plus a learned map of the unit state.
     The map starts at zero (a soft_tokens checkpoint continues unchanged), trains with the
     generator, survives a save/load, and a checkpoint that has one refuses a readout that
     would drop it."""

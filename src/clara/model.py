@@ -102,7 +102,7 @@ class ClaraModel(nn.Module):
         init = emb.detach().float().mean(0, keepdim=True).repeat(special.n_new, 1)
         init += 0.01 * emb.detach().float().std() * torch.randn_like(init)
         self.mem_rows = nn.Parameter(init.to(emb.dtype))  # (n_new, H): <MEM*>, <AE>, <ENC>, <SEP>
-        # soft_tokens_linear: a learned map of the raw state, added to the soft token. It starts
+        # soft_tokens_linear: a learned map of the (unit) state, added to the soft token. It starts
         # at zero, so a soft_tokens checkpoint continues exactly where it was and the generator
         # can learn to read what the output head's softmax throws away (word order, for one).
         self.mem_proj: nn.Linear | None = None
@@ -337,10 +337,14 @@ class ClaraModel(nn.Module):
         is_new = input_ids >= self.special.first_new  # (B, T)
         base = emb(input_ids.masked_fill(is_new, 0))
         new = F.embedding((input_ids - self.special.first_new).clamp(min=0), self.mem_rows)
-        scale = getattr(emb, "embed_scale", None)  # Gemma multiplies embeddings by sqrt(H)
-        if scale is not None:
-            new = new * scale.to(new.dtype) if torch.is_tensor(scale) else new * scale
-        return torch.where(is_new.unsqueeze(-1), new.to(base.dtype), base)
+        return torch.where(is_new.unsqueeze(-1), self._embed_scaled(new).to(base.dtype), base)
+
+    def _embed_scaled(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (..., H) times the input embedding's own scale (Gemma multiplies embeddings by sqrt(H))."""
+        scale = getattr(self.lm.get_input_embeddings(), "embed_scale", None)
+        if scale is None:
+            return rows
+        return rows * scale.to(rows.dtype) if torch.is_tensor(scale) else rows * scale
 
     # ------------------------------------------------------------------ compressor / query reasoner
     def _encode(
@@ -465,9 +469,7 @@ class ClaraModel(nn.Module):
             return states * self.config.mem_scale
         emb = self.lm.get_input_embeddings()
         probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
-        soft = probs.to(emb.weight.dtype) @ emb.weight  # (M, H)
-        scale = getattr(emb, "embed_scale", None)
-        soft = soft * scale.to(soft.dtype) if torch.is_tensor(scale) else soft * (scale or 1.0)
+        soft = self._embed_scaled(probs.to(emb.weight.dtype) @ emb.weight)  # (M, H)
         if self.mem_proj is not None:
             # on the unit state: final states have norms of ~50, and AdamW moves every entry of
             # the map by ~lr per step, so on raw states the map would swamp the soft token
