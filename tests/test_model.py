@@ -256,3 +256,24 @@ def test_linear_readout(backbones, tmp_path, arch):
     with torch.no_grad():
         again.mem_proj.weight.add_(1.0)
     assert adapter_hash(again) != before
+
+
+def test_checkpoint_widened_to_lower_ratio(backbones, tmp_path):
+    """A checkpoint continues at a lower compression ratio (same doc_max_len): each saved memory
+    row is repeated so new slot j starts as the saved slot whose span contains span j; the
+    adapters load unchanged. A count that is not a multiple is refused, naming the file."""
+    torch.manual_seed(0)
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))  # ratio 8: 4 memory tokens
+    perturb_lora(model)
+    model.save_pretrained(tmp_path / "ckpt")
+    wide = ClaraModel.from_pretrained(tmp_path / "ckpt", compression_ratio=4)  # 8 memory tokens
+    assert wide.config.n_mem == 8 and wide.mem_rows.shape[0] == 8 + 3
+    n = model.config.n_mem
+    torch.testing.assert_close(wide.mem_rows[: 2 * n], model.mem_rows[:n].repeat_interleave(2, dim=0))
+    torch.testing.assert_close(wide.mem_rows[2 * n :], model.mem_rows[n:])
+    for a, b in zip(wide._lora_params["generator"], model._lora_params["generator"], strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        assert wide.compress(DOCS[:2]).shape == (2, 8, wide.hidden_size)
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*multiple of 4"):
+        ClaraModel.from_pretrained(tmp_path / "ckpt", compression_ratio=5)  # 6 memory tokens

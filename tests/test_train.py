@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clara import ClaraModel
+from clara import ClaraConfig, ClaraModel
 from clara.io import DataError
 from clara.score import SCORES
 from clara.train import TrainConfig, train
-from clara.train.bow import bow_loss, span_targets
+from clara.train.bow import bow_loss, span_means, span_targets
+from clara.train.batch import Batch
 from clara.train.rows import read_scp
+from clara.train.scp import make_step
 
 from .conftest import SHARED, tiny_config
 
@@ -225,6 +227,52 @@ def test_bow_weight_adds_the_bow_term_and_trains_it(tmp_path, backbones):
     for m in logged[:1]:  # the logged loss is CE + lambda * MSE + bow
         assert abs(m["loss"] - (m["ce"] + cfg.mse_weight * m["mse"] + m["bow"])) < 1e-3 * max(1.0, m["loss"])
     assert logged[-1]["bow"] < logged[0]["bow"] - 0.2  # 6.02 -> 5.75 when written
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_span_means_is_the_soft_token_of_a_perfect_anchoring(backbones, arch):
+    """span_means = each span's mean input embedding (Gemma's sqrt(H) scale included), which is
+    also the soft token of an output distribution equal to the span's token frequencies."""
+    model = ClaraModel.from_backbone(tiny_config(backbones[arch], mem_readout="soft_tokens"))
+    docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]
+    got = span_means(model, docs)  # (2, n_mem, H)
+    rows, slots, ids = span_targets(model, docs)
+    emb = model.lm.get_input_embeddings()
+    for b in range(2):
+        for i in range(model.config.n_mem):
+            span = ids[(rows == b) & (slots == i)]
+            torch.testing.assert_close(got[b, i], emb(span).mean(0))  # emb(): HF's own scaling
+    b, i = 1, 0
+    span = ids[(rows == b) & (slots == i)]
+    freq = torch.bincount(span, minlength=emb.weight.shape[0]).float() / len(span)  # (V,)
+    soft = model._embed_scaled(freq @ emb.weight)
+    torch.testing.assert_close(got[b, i], soft)
+
+
+def test_oracle_mix_swaps_the_generators_input_not_the_compressors_losses(tmp_path, backbones):
+    """oracle_mix=1: the generator reads span means, so its CE no longer depends on (or trains)
+    the compressor; the anchoring still does. oracle_mix=0: the CE reaches the compressor. A mixed
+    run still learns."""
+    cfg0 = scp_cfg(tmp_path, backbones["llama"], bow_weight=0.0, mse_weight=0.0,
+                   model=tiny_config(backbones["llama"], mem_readout="soft_tokens").to_dict())
+    rows = read_scp(cfg0.data[0])[:4]
+    batch = Batch(rows=rows, indices=list(range(4)), epoch=0)
+    for mix, reaches in ((0.0, True), (1.0, False)):
+        torch.manual_seed(0)
+        model = ClaraModel.from_backbone(ClaraConfig(**cfg0.model))
+        model.set_trainable(("compressor", "generator"), mem_rows=True)
+        loss, parts = make_step(TrainConfig(**{**cfg0.to_dict(), "oracle_mix": mix}))(model, batch)
+        loss.backward()
+        grads = [p.grad for n, p in model.named_parameters() if ".compressor." in n and p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == reaches
+        gen = [p.grad for n, p in model.named_parameters() if ".generator." in n and "lora_B" in n]
+        assert all(g is not None and g.abs().sum() > 0 for g in gen)
+    with pytest.raises(ValueError, match="oracle_mix"):
+        TrainConfig(**{**cfg0.to_dict(), "oracle_mix": 1.5})
+    cfg = TrainConfig(**{**cfg0.to_dict(), "oracle_mix": 0.5, "bow_weight": 1.0, "max_rows": 4})
+    train(cfg)
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
 
 
 def test_text_stage_trains_the_generator_on_raw_text(tmp_path, backbones):

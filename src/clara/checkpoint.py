@@ -178,6 +178,26 @@ def load_checkpoint(
     return model
 
 
+def fit_mem_rows(saved: torch.Tensor, n_mem: int, folder: Path) -> torch.Tensor:
+    """The checkpoint's memory rows ``(n_saved + 3, H)`` for a model with ``n_mem`` memory tokens.
+
+    Equal counts load as they are. A model with a multiple of the saved count (a lower
+    compression ratio, e.g. to continue training a ratio-16 checkpoint at ratio 4) gets each
+    saved ``<MEMi>`` row repeated, so its slot ``j`` starts as the saved slot whose document
+    span contains span ``j``; the ``<AE>``, ``<ENC>``, ``<SEP>`` rows are kept.
+    """
+    n_saved = saved.shape[0] - 3
+    if n_saved == n_mem:
+        return saved
+    if n_saved < 1 or n_mem % n_saved:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} has {n_saved} memory tokens per document; a model with {n_mem} can only "
+            f"start from it when {n_mem} is a multiple of {n_saved} (same doc_max_len, lower compression ratio)"
+        )
+    log.warning("%s: %d memory tokens per document widened to %d; train before serving", folder, n_saved, n_mem)
+    return torch.cat([saved[:n_saved].repeat_interleave(n_mem // n_saved, dim=0), saved[n_saved:]])
+
+
 def load_weights(model: "ClaraModel", folder: str | Path) -> None:
     """Load a checkpoint's adapters and memory rows into an already built model (in place)."""
     from .model import ADAPTERS
@@ -193,7 +213,7 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
             f"{model.config.mem_readout!r} would ignore; load it with mem_readout='soft_tokens_linear'"
         )
     with torch.no_grad():
-        model.mem_rows.copy_(tensors.pop("mem_rows"))
+        model.mem_rows.copy_(fit_mem_rows(tensors.pop("mem_rows"), model.config.n_mem, folder))
         if model.mem_proj is not None:
             if proj is None:  # e.g. stage 1 continued from a soft_tokens checkpoint
                 log.info("%s has no readout map: mem_proj starts at zero (the soft_tokens readout)", folder)

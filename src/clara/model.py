@@ -499,12 +499,14 @@ class ClaraModel(nn.Module):
         per_example: bool = False,
         adapter: str | None = "generator",
         max_target_len: int | None = None,
+        pre_read: bool = False,
     ) -> torch.Tensor:
         """Next-token loss of ``targets`` after ``prompts`` reading ``doc_states`` (prompt masked).
 
         Returns the mean over target tokens, or with ``per_example`` a (B,) tensor of each
         example's mean. Only target positions go through the output head (memory-cheap).
         Targets longer than ``max_target_len`` tokens are cut (and then get no end token).
+        With ``pre_read`` the states already are generator input rows (``read_memory``'s output).
         """
         doc_states = self._check_states(doc_states, len(prompts), "doc_states")
         if len(targets) != len(prompts):
@@ -515,7 +517,7 @@ class ClaraModel(nn.Module):
             (t + eos)[:max_target_len] if max_target_len else t + eos
             for t in self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
         ]
-        embeds, mask, _ = self._inputs([p + t for p, t in zip(prompt_ids, target_ids)], doc_states)
+        embeds, mask, _ = self._inputs([p + t for p, t in zip(prompt_ids, target_ids)], doc_states, pre_read)
         # labels[b, t] = token at t+1 when t+1 is a target token
         width = embeds.shape[1]
         labels = torch.full((len(prompts), width), -100, dtype=torch.long, device=self.device)

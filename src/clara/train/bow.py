@@ -50,3 +50,20 @@ def bow_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> t
     rows, slots, ids = span_targets(model, texts)
     logp = F.log_softmax(model.logits(states), dim=-1)  # (B, n_mem, V)
     return row_means(-logp[rows, slots, ids], rows, states.shape[0]).mean()  # mean of per-document means
+
+
+@torch.no_grad()
+def span_means(model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
+    """Each slot's span, as the mean input embedding of its tokens: (B, n_mem, H), no gradient.
+
+    This is the soft token (``mem_readout="soft_tokens"``) of a perfect anchoring, whose output
+    distribution is each span's empirical token distribution: the best the compressor can
+    write under ``bow_loss``, and an oracle memory for the generator to learn to read.
+    """
+    rows, slots, ids = span_targets(model, texts)
+    n_mem = model.config.n_mem
+    flat = rows * n_mem + slots  # (T,) index of (document, slot)
+    tok = model.embed(ids.unsqueeze(0))[0]  # (T, H), scaled like any input row
+    sums = torch.zeros(len(texts) * n_mem, tok.shape[-1], dtype=tok.dtype, device=tok.device).index_add_(0, flat, tok)
+    counts = torch.bincount(flat, minlength=len(texts) * n_mem).clamp(min=1).unsqueeze(-1)
+    return (sums / counts).view(len(texts), n_mem, -1)

@@ -39,6 +39,7 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "Stop cleanly (and save) after this many minutes (0 = no limit)."})
     mse_weight: float = field(default=0.1, metadata={"help": "lambda of CE + lambda * MSE (scp, instruct)."})
     bow_weight: float = field(default=0.0, metadata={"help": "Weight of the bag-of-words anchoring loss on memory slots (scp, instruct; clara/train/bow.py; 0 = the paper)."})
+    oracle_mix: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads the span means of the document (bow.span_means: what a perfect anchoring writes) instead of its memory (0 = the paper)."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
@@ -64,6 +65,8 @@ class TrainConfig:
                     raise ValueError(f"training config field {f.name!r} must be a number, got {value!r}") from None
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not 0.0 <= self.oracle_mix <= 1.0:
+            raise ValueError(f"oracle_mix must be in [0, 1], got {self.oracle_mix}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..model import ClaraModel
 from .batch import Batch
-from .bow import bow_loss
+from .bow import bow_loss, span_means
 from .config import TrainConfig
 from .rows import ScpRow, pick_task, row_rng, scp_example
 
@@ -33,13 +33,32 @@ def make_step(cfg: TrainConfig):
         rows: list[ScpRow] = batch.rows
         states, text_mean = model.compress_with_text_mean([r.doc for r in rows])  # (B, n_mem, H), (B, H)
         prompts, targets = scp_prompts(model, rows, cfg, batch.epoch, batch.indices)
+        read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H) generator input rows
+        if cfg.oracle_mix:
+            read = with_oracle_rows(model, cfg, batch, read)
         ce = model.generator_loss(
-            prompts, targets, [s.unsqueeze(0) for s in states], max_target_len=cfg.max_target_len, per_example=True,
-            adapter="generator" if cfg.train_generator else None,
+            prompts, targets, [r.unsqueeze(0) for r in read], max_target_len=cfg.max_target_len, per_example=True,
+            adapter="generator" if cfg.train_generator else None, pre_read=True,
         ).mean()  # mean of per-example means: equal across any split of the batch over processes
         return with_memory_losses(model, cfg, ce, [r.doc for r in rows], states, text_mean)
 
     return step
+
+
+def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: torch.Tensor) -> torch.Tensor:
+    """``read`` (B, n_mem, H) with the rows of a reproducible ``oracle_mix`` share of examples
+    replaced by their documents' span means (bow.span_means).
+
+    Small backbones: the generator learns to read clean bag-of-words memory far faster than
+    the compressor's early, blurred version of it (docs/training.md), and the compressor,
+    pulled towards the same rows by the anchoring, is then read by a generator that already
+    knows what they mean.
+    """
+    use = [row_rng(cfg.seed + 1, batch.epoch, i).random() < cfg.oracle_mix for i in batch.indices]
+    if not any(use):
+        return read
+    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)
+    return torch.where(torch.tensor(use, device=read.device)[:, None, None], oracle, read)
 
 
 def with_memory_losses(
