@@ -275,6 +275,16 @@ def test_oracle_mix_swaps_the_generators_input_not_the_compressors_losses(tmp_pa
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
 
 
+def test_stage_continues_at_a_lower_compression_ratio(tmp_path, backbones):
+    """init= a ratio-8 checkpoint with model.compression_ratio=4: the run trains and saves 8 memory tokens."""
+    first = scp_cfg(tmp_path / "a", backbones["qwen2"], max_rows=4, max_steps=2)
+    train(first)
+    second = scp_cfg(tmp_path / "b", backbones["qwen2"], max_rows=4, max_steps=2, init=str(tmp_path / "a" / "run" / "final"),
+                     model={"compression_ratio": 4})
+    train(second)
+    assert ClaraModel.from_pretrained(tmp_path / "b" / "run" / "final").config.n_mem == 8
+
+
 def test_text_stage_trains_the_generator_on_raw_text(tmp_path, backbones):
     from clara.train import text
     from clara.train.batch import Batch
