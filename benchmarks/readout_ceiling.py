@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from clara import ClaraConfig, ClaraModel
+from clara.train import TrainConfig
 from clara.train.bow import span_means
 from clara.train.info_flow import info_flow
 from clara.train.rows import load_exclusions, pick_task, read_reconstruction, read_scp, scp_example
@@ -87,7 +88,7 @@ def main() -> None:
     rows = [r for r in scp if r.doc_id not in dev] + read_reconstruction(ROOT / "train_data" / "recon.jsonl", dev)
     rng = random.Random(args.seed)
     rng.shuffle(rows)
-    weights = {"qa": 0.0, "qa_single": 2.0, "paraphrase": 0.0, "reconstruct": 2.0}  # configs/default/scp_cpu.yaml
+    weights = TrainConfig.load(ROOT / "configs" / "default" / "scp_cpu.yaml").task_weights  # the default's stage-1 tasks
 
     model.set_trainable(("generator",), mem_rows=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
