@@ -16,7 +16,7 @@ from clara import ClaraConfig, ClaraModel
 from clara.io import DataError
 from clara.score import SCORES
 from clara.train import TrainConfig, train
-from clara.train.bow import bow_loss, span_means, span_targets
+from clara.train.bow import bow_loss, span_loss, span_means, span_targets
 from clara.train.batch import Batch
 from clara.train.rows import read_scp
 from clara.train.scp import make_step
@@ -247,6 +247,40 @@ def test_span_means_is_the_soft_token_of_a_perfect_anchoring(backbones, arch):
     freq = torch.bincount(span, minlength=emb.weight.shape[0]).float() / len(span)  # (V,)
     soft = model._embed_scaled(freq @ emb.weight)
     torch.testing.assert_close(got[b, i], soft)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_span_loss_matches_hand_computation(backbones, arch):
+    """span_loss: per document, sum |soft token - span mean|^2 / sum |span mean|^2, averaged;
+    zero when the generator would read exactly the span means."""
+    model = ClaraModel.from_backbone(tiny_config(backbones[arch], mem_readout="soft_tokens"))
+    docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]
+    with torch.no_grad():
+        states = model.compress(docs)  # (2, n_mem, H)
+        got = span_loss(model, docs, states)
+        target = span_means(model, docs)
+        per_doc = []
+        for b in range(2):
+            read = torch.stack([model.read_memory(states[b, i : i + 1])[0] for i in range(model.config.n_mem)])
+            per_doc.append(((read - target[b]) ** 2).sum() / (target[b] ** 2).sum())
+        torch.testing.assert_close(got, torch.stack(per_doc).mean())
+        assert got > 0.05  # a random compressor is far from the oracle
+    # a readout that returns the span means exactly scores zero
+    model.read_memory = lambda flat: target.flatten(0, 1)
+    assert span_loss(model, docs, states).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_span_weight_adds_the_span_term_and_trains_it(tmp_path, backbones):
+    cfg = scp_cfg(tmp_path, backbones["llama"], max_rows=4, span_weight=1.0, train_generator=False,
+                  model=tiny_config(backbones["llama"], mem_readout="soft_tokens").to_dict())
+    train(cfg)
+    logged = metrics(tmp_path / "run")
+    assert all("span" in m and "bow" not in m for m in logged)
+    m = logged[0]  # the logged loss is CE + lambda * MSE + span
+    assert abs(m["loss"] - (m["ce"] + cfg.mse_weight * m["mse"] + m["span"])) < 1e-3 * max(1.0, m["loss"])
+    assert logged[-1]["span"] < logged[0]["span"] - 0.03  # 0.996 -> 0.940 when written (tiny random model)
+    with pytest.raises(ValueError, match="span_weight"):
+        TrainConfig(**{**cfg.to_dict(), "span_weight": -1.0})
 
 
 def test_oracle_mix_swaps_the_generators_input_not_the_compressors_losses(tmp_path, backbones):

@@ -11,6 +11,11 @@ document, read through the backbone's own output head, must predict the tokens o
 
 so every slot holds its span's words (document-specific by construction), in the space the
 output head (tied to the input embeddings in most small LMs) already reads.
+
+``span_loss`` is the same target seen from the generator's side: under the soft-token readout
+the generator reads only the *expected* input embedding of each slot, and a perfect anchoring
+makes that the mean embedding of the span (``span_means``). The bag-of-words cross-entropy
+asks for the whole distribution; ``span_loss`` asks only for the mean it is read as.
 """
 
 from __future__ import annotations
@@ -67,3 +72,16 @@ def span_means(model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
     sums = torch.zeros(len(texts) * n_mem, tok.shape[-1], dtype=tok.dtype, device=tok.device).index_add_(0, flat, tok)
     counts = torch.bincount(flat, minlength=len(texts) * n_mem).clamp(min=1).unsqueeze(-1)
     return (sums / counts).view(len(texts), n_mem, -1)
+
+
+def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> torch.Tensor:
+    """Relative squared distance between what the generator reads and the span means: a scalar.
+
+    ``states``: (B, n_mem, H), the compressor's memory states of ``texts``. Per document,
+    ``sum |read - span_mean|^2 / sum |span_mean|^2`` over its slots (0 = the oracle of
+    ``span_means``, 1 = as far as zeroed memory), then the mean over documents, so a batch split
+    over processes gives the same value.
+    """
+    read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H)
+    target = span_means(model, texts).to(read.dtype)  # (B, n_mem, H), no gradient
+    return ((read - target).pow(2).sum((1, 2)) / target.pow(2).sum((1, 2))).mean()

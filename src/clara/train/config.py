@@ -39,6 +39,7 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "Stop cleanly (and save) after this many minutes (0 = no limit)."})
     mse_weight: float = field(default=0.1, metadata={"help": "lambda of CE + lambda * MSE (scp, instruct)."})
     bow_weight: float = field(default=0.0, metadata={"help": "Weight of the bag-of-words anchoring loss on memory slots (scp, instruct; clara/train/bow.py; 0 = the paper)."})
+    span_weight: float = field(default=0.0, metadata={"help": "Weight of the span-mean loss: each slot's soft token against its span's mean input embedding, relative squared distance (scp, instruct; bow.span_loss; 0 = off)."})
     oracle_mix: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads the span means of the document (bow.span_means: what a perfect anchoring writes) instead of its memory (0 = the paper)."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
@@ -67,6 +68,9 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not 0.0 <= self.oracle_mix <= 1.0:
             raise ValueError(f"oracle_mix must be in [0, 1], got {self.oracle_mix}")
+        for name in ("mse_weight", "bow_weight", "span_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 

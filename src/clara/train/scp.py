@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..model import ClaraModel
 from .batch import Batch
-from .bow import bow_loss, span_means
+from .bow import bow_loss, span_loss, span_means
 from .config import TrainConfig
 from .rows import ScpRow, pick_task, row_rng, scp_example
 
@@ -64,7 +64,8 @@ def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: to
 def with_memory_losses(
     model: ClaraModel, cfg: TrainConfig, ce: torch.Tensor, texts: list[str], states: torch.Tensor, text_mean: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """CE + lambda * MSE (+ bow_weight * bag-of-words anchoring): the loss of stages 1 and 2, with its parts.
+    """CE + lambda * MSE (+ bow_weight * bag-of-words anchoring + span_weight * span-mean loss):
+    the loss of stages 1 and 2, with its parts.
 
     ``states``: (N, n_mem, H) memory states of ``texts``; ``text_mean``: (N, H) their mean text-token states.
     """
@@ -73,6 +74,9 @@ def with_memory_losses(
     if cfg.bow_weight:
         bow = bow_loss(model, texts, states)
         loss, parts["bow"] = loss + cfg.bow_weight * bow, bow.item()
+    if cfg.span_weight:
+        span = span_loss(model, texts, states)
+        loss, parts["span"] = loss + cfg.span_weight * span, span.item()
     return loss, parts
 
 
