@@ -9,9 +9,15 @@ document, so this also measures slot-order-free scores on the same states, with 
 - ``maxsim``: late interaction (ColBERT-style): for each query slot the best cosine with any
   document slot, averaged over query slots (``retrieval_score="maxsim"``, clara.score).
 
+- ``maxsim_pool{G}`` (``--pool G``): max-sim over states averaged in groups of G consecutive
+  slots on both sides: a low-ratio model (many narrow slots) scored like one with G times
+  fewer, wider slots.
+
 Each with the query reasoner encoding the question (CLaRa) and with the compressor encoding it
-(the query reasoner's initialisation). HotpotQA dev split, oracle candidates (10 per question,
-2 gold: a random ranking has R@5 = 50).
+(the query reasoner's initialisation). By default the HotpotQA dev split, oracle candidates (10
+per question, 2 gold: a random ranking has R@5 = 50); ``--data`` and ``--setting normal``
+measure any other split the way ``clara eval`` does (normal: every question ranks the pooled,
+deduplicated documents of the split).
 
 ``--teacher`` also ranks each question's candidates by the generator's loss on the gold answer
 when it reads that document alone: the label-free signal an Atlas-style "perplexity
@@ -19,7 +25,8 @@ distillation" would train the query reasoner towards (it needs the answer, so it
 never a retriever). If it ranks worse than the query reasoner already does, distilling it
 cannot help.
 
-    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher]
+    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher] [--pool 4]
+        [--data ../shared/data/nq/nq_open_oracle.jsonl.gz --setting normal]
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from clara import ClaraModel
-from clara.data.qa import QAExample, load_hotpotqa
+from clara.data.qa import QAExample, load_qa
 from clara.eval.metrics import mean, recall_at_k
 from clara.eval.retrievers import top_k
+from clara.eval.runner import SETTINGS, candidates
 from clara.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +65,21 @@ def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     return score(q.unsqueeze(0), docs, "maxsim")[0]  # ClaraConfig(retrieval_score="maxsim")
 
 
-def recall_at(examples: list[QAExample], queries: Sequence[torch.Tensor], docs: list[torch.Tensor], score: Score, k: int) -> float:
+def pooled_maxsim(group: int) -> Score:
+    def fn(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        m, h = q.shape
+        if m % group:
+            raise SystemExit(f"--pool {group} does not divide the {m} memory slots")
+        return maxsim(q.view(m // group, group, h).mean(1), docs.view(len(docs), m // group, group, h).mean(2))
+
+    return fn
+
+
+def recall_at(
+    cands: list[list[str]], golds: list[set[str]], queries: Sequence[torch.Tensor], docs: list[torch.Tensor], score: Score, k: int
+) -> float:
     """Mean Recall@k over questions, in percent (as `clara eval` computes it)."""
-    values = [
-        recall_at_k([ex.docs[j].id for j in top_k(score(q, d), k)], ex.gold_ids, k)
-        for ex, q, d in zip(examples, queries, docs)
-    ]
+    values = [recall_at_k([ids[j] for j in top_k(score(q, d), k)], gold, k) for ids, gold, q, d in zip(cands, golds, queries, docs)]
     return round(100 * mean(values), 1)
 
 
@@ -79,30 +96,43 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100, help="dev questions")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--teacher", action="store_true", help="also rank by the generator's answer loss per document")
+    ap.add_argument("--pool", type=int, default=0, help="also max-sim over groups of this many consecutive slots")
+    ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset (any format clara reads)")
+    ap.add_argument("--setting", choices=SETTINGS, default="oracle")
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_scoring.json")
     args = ap.parse_args()
+    if args.teacher and args.setting != "oracle":
+        ap.error("--teacher reads every candidate of every question: use it with --setting oracle")
 
     model = ClaraModel.from_pretrained(args.model, device="cpu").eval()
     keep = {i for entry in json.loads(args.splits.read_text()).values() for i in entry.get("ids", [])}
-    examples = [e for e in load_hotpotqa(HOTPOT) if e.id in keep][: args.limit]
+    examples = [e for e in load_qa(args.data) if e.id in keep][: args.limit]
+    lists, golds = candidates(examples, args.setting)
+    cands = [[d.id for d in docs] for docs in lists]
     start = time.perf_counter()
     with torch.no_grad():
-        docs = [model.compress([d.full_text() for d in e.docs], batch_size=16) for e in examples]  # (n_i, M, H) each
+        if args.setting == "normal":  # one pooled corpus: compress it once
+            docs = [model.compress([d.full_text() for d in lists[0]], batch_size=16, progress=True)] * len(examples)
+        else:
+            docs = [model.compress([d.full_text() for d in e.docs], batch_size=16) for e in examples]  # (n_i, M, H) each
         questions = [e.question for e in examples]
         encoders = {"query_reasoner": model.encode_query(questions), "compressor": model.compress(questions)}
     scores: dict[str, Score] = {"cosine": cosine, "pooled": pooled, "maxsim": maxsim}
+    if args.pool:
+        scores[f"maxsim_pool{args.pool}"] = pooled_maxsim(args.pool)
     table = {
-        enc: {name: recall_at(examples, q, docs, fn, args.k) for name, fn in scores.items()}
+        enc: {name: recall_at(cands, golds, q, docs, fn, args.k) for name, fn in scores.items()}
         for enc, q in encoders.items()
     }
     if args.teacher:
         with torch.no_grad():
             losses = [generator_losses(model, e, d) for e, d in zip(examples, docs)]
         # the "query" is the per-document loss itself: a lower loss ranks higher
-        table["generator_answer_loss"] = {"teacher": recall_at(examples, losses, docs, lambda loss, _: -loss, args.k)}
+        table["generator_answer_loss"] = {"teacher": recall_at(cands, golds, losses, docs, lambda loss, _: -loss, args.k)}
     result = {
-        "model": args.model or "default", "questions": len(examples), "k": args.k,
+        "model": args.model or "default", "data": args.data.name, "setting": args.setting,
+        "questions": len(examples), "k": args.k,
         f"recall@{args.k}": table, "seconds": round(time.perf_counter() - start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
