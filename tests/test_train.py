@@ -18,7 +18,7 @@ from clara.score import SCORES
 from clara.train import TrainConfig, train
 from clara.train.bow import bow_loss, span_loss, span_means, span_targets
 from clara.train.batch import Batch
-from clara.train.rows import read_scp
+from clara.train.rows import read_scp, row_rng
 from clara.train.scp import make_step
 
 from .conftest import SHARED, tiny_config
@@ -149,6 +149,36 @@ def test_instruct_then_e2e(tmp_path, backbones):
     comp = [n for n in a if ".compressor." in n]
     assert comp and all(torch.equal(a[n], b[n]) for n in comp)
     assert any(not torch.equal(a[n], b[n]) for n in a if ".query_reasoner." in n)
+
+
+def test_recon_mix_adds_reconstruction_of_a_read_document(tmp_path, backbones):
+    """recon_mix=1: every question also reconstructs one document it read, from the same states;
+    the CE grows by exactly the mean of those reconstruction losses, and a run learns."""
+    from clara.data.qa import load_qa
+    from clara.train import instruct
+
+    cfg0 = qa_cfg(tmp_path, "instruct", backbone=backbones["mistral"], mse_weight=0.0)
+    exs = load_qa(cfg0.data[0])[:2]
+    batch = Batch(rows=exs, indices=[0, 1], epoch=0)
+    model = ClaraModel.from_backbone(ClaraConfig(**cfg0.model)).eval()  # eval: no dropout between the two calls
+    with torch.no_grad():
+        _, plain = instruct.make_step(cfg0)(model, batch)
+        cfg1 = TrainConfig(**{**cfg0.to_dict(), "recon_mix": 1.0})
+        _, mixed = instruct.make_step(cfg1)(model, batch)
+        sets = [instruct.read_set(ex, cfg1.k_docs, cfg1.seed, 0, i) for i, ex in enumerate(exs)]
+        recon = []
+        for i, docs in enumerate(sets):
+            rng = row_rng(cfg1.seed + 2, 0, i)
+            assert rng.random() < 1.0
+            doc = docs[rng.randrange(len(docs))]
+            states = model.compress([doc])  # (1, n_mem, H): the same states the step computed
+            recon.append(model.generator_loss([model.prompt("reconstruct", 1)], [doc], [states], max_target_len=cfg1.recon_target_len))
+    assert mixed["ce"] == pytest.approx(plain["ce"] + torch.stack(recon).mean().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="recon_mix"):
+        TrainConfig(**{**cfg0.to_dict(), "recon_mix": 1.5})
+    train(TrainConfig(**{**cfg0.to_dict(), "recon_mix": 1.0}))  # every step has the same parts: comparable losses
+    losses = [m["loss"] for m in metrics(tmp_path / "instruct")]
+    assert losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("kind", SCORES)

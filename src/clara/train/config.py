@@ -41,6 +41,8 @@ class TrainConfig:
     bow_weight: float = field(default=0.0, metadata={"help": "Weight of the bag-of-words anchoring loss on memory slots (scp, instruct; clara/train/bow.py; 0 = the paper)."})
     span_weight: float = field(default=0.0, metadata={"help": "Weight of the span-mean loss: each slot's soft token against its span's mean input embedding, relative squared distance (scp, instruct; bow.span_loss; 0 = off)."})
     oracle_mix: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads the span means of the document (bow.span_means: what a perfect anchoring writes) instead of its memory (0 = the paper)."})
+    recon_mix: float = field(default=0.0, metadata={"help": "Share of stage-2 questions that also train reconstruction of one document they read (rehearsal of stage 1; 0 = the paper)."})
+    recon_target_len: int = field(default=128, metadata={"help": "Target tokens kept per rehearsal reconstruction (instruct with recon_mix)."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
@@ -66,8 +68,9 @@ class TrainConfig:
                     raise ValueError(f"training config field {f.name!r} must be a number, got {value!r}") from None
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if not 0.0 <= self.oracle_mix <= 1.0:
-            raise ValueError(f"oracle_mix must be in [0, 1], got {self.oracle_mix}")
+        for name in ("oracle_mix", "recon_mix"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("mse_weight", "bow_weight", "span_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

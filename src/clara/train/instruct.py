@@ -3,6 +3,11 @@
 Loss CE + lambda * MSE (+ optional bag-of-words anchoring, clara/train/bow.py) over all read documents; compressor and generator adapters train.
 Each question reads its gold documents plus negatives from its own candidates, shuffled
 with a seeded RNG, so the generator learns to find the answer among distractors.
+
+``TrainConfig.recon_mix`` (not in the paper): that share of questions also trains stage 1's
+reconstruction of one of the documents it read, from the states already computed. QA alone
+teaches the generator to pick a few answer words out of memory and it unlearns reading memory
+word by word (small backbones: docs/training.md); the rehearsal keeps that skill.
 """
 
 from __future__ import annotations
@@ -41,6 +46,29 @@ def make_step(cfg: TrainConfig):
         prompts = model.answer_prompts([ex.question for ex in exs], [len(s) for s in sets])
         ce = model.generator_loss(prompts, [ex.answers[0] for ex in exs], per_q, max_target_len=cfg.max_target_len, per_example=True
         ).mean()
+        if cfg.recon_mix:
+            ce = ce + rehearsal_ce(model, cfg, batch, sets, per_q)
         return with_memory_losses(model, cfg, ce, flat, states, text_mean)
 
     return step
+
+
+def rehearsal_ce(
+    model: ClaraModel, cfg: TrainConfig, batch: Batch, sets: list[list[str]], per_q: list[torch.Tensor]
+) -> torch.Tensor:
+    """Reconstruction loss of one read document for a reproducible ``recon_mix`` share of the
+    questions, summed and divided by the batch's question count (0 for the others), so a batch
+    split over processes gives the same value. ``per_q[i]``: (k_i, n_mem, H) states of ``sets[i]``.
+    """
+    picks = []  # (question position, document position)
+    for pos, (idx, docs) in enumerate(zip(batch.indices, sets)):
+        rng = row_rng(cfg.seed + 2, batch.epoch, idx)
+        if rng.random() < cfg.recon_mix:
+            picks.append((pos, rng.randrange(len(docs))))
+    if not picks:
+        return per_q[0].new_zeros(())
+    prompts = [model.prompt("reconstruct", 1)] * len(picks)
+    targets = [sets[q][d] for q, d in picks]
+    states = [per_q[q][d : d + 1] for q, d in picks]  # (1, n_mem, H) each
+    losses = model.generator_loss(prompts, targets, states, max_target_len=cfg.recon_target_len, per_example=True)
+    return losses.sum() / len(sets)
