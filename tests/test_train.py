@@ -200,6 +200,27 @@ def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones, kind):
     assert named["mem_rows"].grad is None
 
 
+def test_e2e_recon_mix_rehearses_from_cached_states_and_leaves_the_compressor_frozen(backbones):
+    """Stage 3 with recon_mix=1: the loss adds the reconstruction of one cached candidate per
+    question (logged as "recon"); the generator trains on it, the compressor still gets nothing."""
+    from clara.data.qa import load_qa
+    from clara.train import e2e
+    from clara.train.batch import Batch
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"])).eval()  # eval: no dropout between calls
+    model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
+    exs = e2e.add_candidates(load_qa(FIXTURES / "hotpot_distractor.json")[:2], 4, 0)
+    cache = {d.id: s for ex in exs for d, s in zip(ex.docs, model.compress([d.full_text() for d in ex.docs]).detach())}
+    batch = Batch(exs, [0, 1], 0)
+    plain, _ = model(e2e.make_step(TrainConfig(stage="e2e", k_docs=2), cache), batch)
+    loss, parts = model(e2e.make_step(TrainConfig(stage="e2e", k_docs=2, recon_mix=1.0), cache), batch)
+    assert parts["recon"] > 0 and loss.item() == pytest.approx(plain.item() + parts["recon"], rel=1e-4)
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".generator." in n)
+    assert all(p.grad is None for n, p in named.items() if ".compressor." in n)
+
+
 def _run_cli(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CLARA_SHARED_DATA": str(SHARED)}
     if nproc == 1:

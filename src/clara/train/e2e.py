@@ -21,6 +21,7 @@ from ..score import score_candidates
 from ..topk import differentiable_topk
 from .batch import Batch
 from .config import TrainConfig
+from .instruct import rehearsal_ce
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,14 @@ def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
         prompts = model.answer_prompts([ex.question for ex in exs], [k] * len(exs))
         loss = model.generator_loss(prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len=cfg.max_target_len,
                                      per_example=True).mean()
+        parts = {"ce": loss.item()}
+        if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
+            recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
+            loss, parts["recon"] = loss + recon, recon.item()
         gold_hit = sum(
             len({ex.docs[i].id for i in z[b].argmax(-1).tolist()} & set(ex.gold_ids)) / max(1, len(ex.gold_ids))
             for b, ex in enumerate(exs)
         ) / len(exs)
-        return loss, {"ce": loss.item(), f"recall@{k}": gold_hit}
+        return loss, {**parts, f"recall@{k}": gold_hit}
 
     return step

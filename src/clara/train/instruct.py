@@ -5,7 +5,8 @@ Each question reads its gold documents plus negatives from its own candidates, s
 with a seeded RNG, so the generator learns to find the answer among distractors.
 
 ``TrainConfig.recon_mix`` (not in the paper): that share of questions also trains stage 1's
-reconstruction of one of the documents it read, from the states already computed. QA alone
+reconstruction of one of the documents it read, from the states already computed (stage 3
+does the same with one of its cached candidates). QA alone
 teaches the generator to pick a few answer words out of memory and it unlearns reading memory
 word by word (small backbones: docs/training.md); the rehearsal keeps that skill.
 """
@@ -46,9 +47,11 @@ def make_step(cfg: TrainConfig):
         prompts = model.answer_prompts([ex.question for ex in exs], [len(s) for s in sets])
         ce = model.generator_loss(prompts, [ex.answers[0] for ex in exs], per_q, max_target_len=cfg.max_target_len, per_example=True
         ).mean()
-        if cfg.recon_mix:
-            ce = ce + rehearsal_ce(model, cfg, batch, sets, per_q)
-        return with_memory_losses(model, cfg, ce, flat, states, text_mean)
+        recon = rehearsal_ce(model, cfg, batch, sets, per_q) if cfg.recon_mix else None
+        loss, parts = with_memory_losses(model, cfg, ce if recon is None else ce + recon, flat, states, text_mean)
+        if recon is not None:
+            parts["recon"] = recon.item()
+        return loss, parts
 
     return step
 
@@ -58,7 +61,8 @@ def rehearsal_ce(
 ) -> torch.Tensor:
     """Reconstruction loss of one read document for a reproducible ``recon_mix`` share of the
     questions, summed and divided by the batch's question count (0 for the others), so a batch
-    split over processes gives the same value. ``per_q[i]``: (k_i, n_mem, H) states of ``sets[i]``.
+    split over processes gives the same value. ``per_q[i]``: (k_i, n_mem, H) states of the
+    texts ``sets[i]`` (stage 2: the documents read; stage 3: the candidates).
     """
     picks = []  # (question position, document position)
     for pos, (idx, docs) in enumerate(zip(batch.indices, sets)):
