@@ -3,11 +3,11 @@
 # Each stage resumes from its own output_dir/checkpoint when rerun; stop a stage early with
 # max_minutes=... or by killing it after a checkpoint and pointing the next stage at
 # output_dir/checkpoint/model.
-#   bash scripts/train_default_cpu.sh            # RATIO=4: the shipped default (session 9)
-#   RATIO=16 bash scripts/train_default_cpu.sh   # the ratio-16 default of sessions 4-8
+#   bash scripts/train_default_cpu.sh            # RATIO=16: the shipped default
+#   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 model of session 9 (not shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATIO=${RATIO:-4}
+RATIO=${RATIO:-16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} CLARA_CACHE=${CLARA_CACHE:-$HOME/.cache/clara}
 [ -f train_data/scp.jsonl ] || python scripts/build_train_data.py
 cpu="batch_size=4 mixed_precision=no"
@@ -20,6 +20,7 @@ clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
     model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
 stage1=runs/scp16_soft/checkpoint/model
 extra2=""
+extra3=""
 if [ "$RATIO" = 4 ]; then
     # stage 1c: widened to 32 memory tokens (each <MEMi> row repeated), half of the examples
     # read the span means (the oracle) instead of the compressor's memory
@@ -29,15 +30,20 @@ if [ "$RATIO" = 4 ]; then
     clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4_oracle/final output_dir=runs/scp4_span \
         model.compression_ratio=4 model.mem_readout=soft_tokens lr=3e-4 max_steps=200 seed=2 oracle_mix=0.5 span_weight=2.0
     stage1=runs/scp4_span/final
-    extra2="span_weight=2.0"
+    extra2="span_weight=2.0 recon_mix=0.5"  # stage 2 keeps the span loss; stages 2 and 3 rehearse reconstruction
+    extra3="recon_mix=0.5"
 fi
-# stage 2: question + 5 compressed documents -> answer (anchoring, and at ratio 4 the span loss, kept on)
+# stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
     $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-120} save_every=20 log_every=5
 # stage 3: query reasoner + generator through differentiable top-k over 20 cached candidates,
 # scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
-    $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim
+    $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim $extra3
 # the fair full-text baseline: the same recipe as stage 2, reading raw text
 clara train text -c configs/default/text.yaml max_steps=${STEPS_TEXT:-80}
-python scripts/pack_checkpoint.py runs/e2e${RATIO}/final src/clara/checkpoints/default
+if [ "$RATIO" = 16 ]; then
+    python scripts/pack_checkpoint.py runs/e2e16/final src/clara/checkpoints/default
+else
+    python scripts/pack_checkpoint.py runs/e2e${RATIO}/final runs/packed${RATIO}
+fi
