@@ -31,7 +31,7 @@ if [ "$RATIO" = 4 ]; then
         model.compression_ratio=4 model.mem_readout=soft_tokens lr=3e-4 max_steps=200 seed=2 oracle_mix=0.5 span_weight=2.0
     stage1=runs/scp4_span/final
     extra2="span_weight=2.0 recon_mix=0.5"  # stage 2 keeps the span loss; stages 2 and 3 rehearse reconstruction
-    extra3="recon_mix=0.5"
+    extra3="recon_mix=0.5"  # as run in session 9; its query reasoner retrieved far worse (docs/training.md)
 fi
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
