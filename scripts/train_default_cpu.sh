@@ -18,7 +18,7 @@ cpu="batch_size=4 mixed_precision=no"
 # goes to the end of the schedule is the closest equivalent, or stop it with MINUTES1)
 clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
     model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
-stage1=runs/scp16_soft/checkpoint/model
+stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_minutes stop
 extra2=""
 extra3=""
 if [ "$RATIO" = 4 ]; then
