@@ -6,6 +6,10 @@ zeroed states, (c) another document's states. Targets: reconstruction real/zero 
 QA real/zero <= 0.85, and (c) no better than (b).
 
     python benchmarks/info_flow.py CKPT [CKPT ...] --rows 32 --out benchmarks/results/info_flow.json
+
+``--span-gap`` measures instead how far each compressor's memory is from the bag-of-words
+oracle on the same documents (``clara.train.bow.span_gap``: the span-mean loss, against the
+document's own span means and another's, their cosine, the anchoring loss).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 from clara import ClaraModel
+from clara.train.bow import span_gap
 from clara.train.info_flow import info_flow
 from clara.train.rows import load_exclusions, read_scp
 
@@ -31,6 +36,7 @@ def main() -> None:
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--span-gap", action="store_true", help="measure the distance to the bag-of-words oracle instead")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = load_exclusions(args.splits)
@@ -39,7 +45,10 @@ def main() -> None:
     for ckpt in args.checkpoints:
         start = time.time()
         model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu")
-        res = info_flow(model, rows, batch_size=8)
+        if args.span_gap:
+            res = {k: round(v, 4) for k, v in span_gap(model, [r.doc for r in rows]).items()}
+        else:
+            res = info_flow(model, rows, batch_size=8)
         res["seconds"] = round(time.time() - start, 1)
         results[ckpt] = res
         print(json.dumps({ckpt: res}))

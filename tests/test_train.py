@@ -16,7 +16,7 @@ from clara import ClaraConfig, ClaraModel
 from clara.io import DataError
 from clara.score import SCORES
 from clara.train import TrainConfig, train
-from clara.train.bow import bow_loss, span_loss, span_means, span_targets
+from clara.train.bow import bow_loss, span_gap, span_loss, span_means, span_targets
 from clara.train.batch import Batch
 from clara.train.rows import read_scp, row_rng
 from clara.train.scp import make_step
@@ -316,6 +316,16 @@ def test_span_loss_matches_hand_computation(backbones, arch):
             per_doc.append(((read - target[b]) ** 2).sum() / (target[b] ** 2).sum())
         torch.testing.assert_close(got, torch.stack(per_doc).mean())
         assert got > 0.05  # a random compressor is far from the oracle
+        gap = span_gap(model, docs)  # the benchmark's numbers (benchmarks/info_flow.py --span-gap)
+        assert gap["span_loss"] == pytest.approx(got.item(), rel=1e-5)
+        assert gap["bow"] == pytest.approx(bow_loss(model, docs, states).item(), rel=1e-5)
+        swapped = target.roll(1, 0)
+        other = [((read_b - swapped[b]) ** 2).sum() / (swapped[b] ** 2).sum() for b, read_b in enumerate(
+            torch.stack([model.read_memory(states[b]) for b in range(2)]))]
+        assert gap["span_loss_other"] == pytest.approx(torch.stack(other).mean().item(), rel=1e-5)
+        assert -1.0 <= gap["cosine"] <= 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        span_gap(model, docs[:1])
     # a readout that returns the span means exactly scores zero
     model.read_memory = lambda flat: target.flatten(0, 1)
     assert span_loss(model, docs, states).item() == pytest.approx(0.0, abs=1e-6)

@@ -85,3 +85,25 @@ def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> 
     read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H)
     target = span_means(model, texts).to(read.dtype)  # (B, n_mem, H), no gradient
     return ((read - target).pow(2).sum((1, 2)) / target.pow(2).sum((1, 2))).mean()
+
+
+@torch.no_grad()
+def span_gap(model: ClaraModel, texts: Sequence[str]) -> dict[str, float]:
+    """How far the memory of ``texts`` is from the bag-of-words oracle, as numbers.
+
+    ``span_loss`` (0 = the oracle), ``span_loss_other`` (the same against another document's
+    span means: what a memory without information scores against a real target), ``cosine``
+    (mean cosine between each slot's read row and its span mean) and ``bow`` (``bow_loss``).
+    """
+    if len(texts) < 2:
+        raise ValueError("span_gap needs at least 2 texts (span_loss_other compares with another document)")
+    states = model.compress(list(texts))  # (N, n_mem, H)
+    read = model.read_memory(states.flatten(0, 1)).view_as(states)
+    oracle = span_means(model, texts)
+    other = oracle.roll(1, 0)  # each document against the next one's spans
+    return {
+        "span_loss": span_loss(model, texts, states).item(),
+        "span_loss_other": ((read - other).pow(2).sum((1, 2)) / other.pow(2).sum((1, 2))).mean().item(),
+        "cosine": F.cosine_similarity(read, oracle, dim=-1).mean().item(),
+        "bow": bow_loss(model, texts, states).item(),
+    }
