@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--span-gap", action="store_true", help="measure the distance to the bag-of-words oracle instead")
+    ap.add_argument("--device", default="cpu", help="'cpu' (the committed results), 'cuda', 'auto'")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = load_exclusions(args.splits)
@@ -44,7 +45,7 @@ def main() -> None:
     results = {}
     for ckpt in args.checkpoints:
         start = time.time()
-        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu")
+        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device=args.device)
         if args.span_gap:
             res = {k: round(v, 4) for k, v in span_gap(model, [r.doc for r in rows]).items()}
         else:

@@ -83,7 +83,7 @@ def main() -> None:
     model = build(args.init, args.ratio)
     oracle = OracleModel(model)
     dev = load_exclusions(ROOT / "splits" / "dev.json")
-    scp = read_scp(ROOT / "train_data" / "scp.jsonl")
+    scp = read_scp(ROOT / "train_data" / "clara_pretrain_qa_1k.jsonl")
     held = [r for r in read_scp(SHARED / "scp" / "clara_pretrain_qa_1k.jsonl") if r.doc_id in dev][: args.rows]
     rows = [r for r in scp if r.doc_id not in dev] + read_reconstruction(ROOT / "train_data" / "recon.jsonl", dev)
     rng = random.Random(args.seed)

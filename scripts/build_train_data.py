@@ -1,5 +1,7 @@
 """Collect the training files of the shipped default into train_data/ (from ../shared/data).
 
+The SCP file keeps its name: its rows' ids ("clara_pretrain_qa_1k:LINE") are what the dev split
+(splits/dev.json) lists, so a renamed copy would put the dev documents back into training.
 recon.jsonl holds passages for reconstruction rows: the 2Wiki corpus plus the candidate
 paragraphs of the QA training questions, minus every dev-split title.
 """
@@ -28,7 +30,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for rel in COPY:
         shutil.copy(args.data / rel, args.out / Path(rel).name)
-    (args.out / "clara_pretrain_qa_1k.jsonl").rename(args.out / "scp.jsonl")
     exclude = load_exclusions(args.splits)
     seen, rows = set(), []
     for doc in read_corpus(args.data / "2wikimultihopqa" / "corpus_6119.json"):

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATIO=${RATIO:-16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} CLARA_CACHE=${CLARA_CACHE:-$HOME/.cache/clara}
-[ -f train_data/scp.jsonl ] || python scripts/build_train_data.py
+[ -f train_data/clara_pretrain_qa_1k.jsonl ] || python scripts/build_train_data.py
 cpu="batch_size=4 mixed_precision=no"
 # stage 1a/b: SCP at ratio 16 with the bag-of-words anchoring and the soft-token readout (the
 # real run started with 125 steps of the states readout, then switched: runs/scp_cpu ->

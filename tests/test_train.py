@@ -400,3 +400,31 @@ def test_text_stage_trains_the_generator_on_raw_text(tmp_path, backbones):
     after.generator_loss = lambda prompts, *a, **k: seen.extend(prompts) or torch.zeros(len(prompts))  # type: ignore[method-assign]
     text.make_step(qa_cfg(tmp_path, "text", k_docs=3))(after, Batch(exs, [0], 0))
     assert all(d.text[:20] in seen[0] for d in exs[0].docs) and "<MEM0>" not in seen[0]
+
+
+def test_dev_split_rows_stay_out_of_stage1(tmp_path, caplog):
+    """Split ids are "file stem:line": the file under its own name keeps its dev rows out of training
+    (they become the held-out rows), a renamed copy matches none and says so."""
+    from clara.train.run import scp_data
+
+    split = json.loads((Path(__file__).parents[1] / "splits" / "dev.json").read_text())
+    dev_ids = set(split["scp"]["ids"])
+    named = tmp_path / Path(split["scp"]["file"]).name
+    named.write_text(SCP.read_text())
+    cfg = TrainConfig(stage="scp", output_dir=str(tmp_path / "run"), data=[str(named)], eval_every=10, eval_rows=8)
+    rows, held = scp_data(cfg, dev_ids)
+    assert len(held) == 8 and all(r.doc_id in dev_ids for r in held)
+    assert not any(r.doc_id in dev_ids for r in rows) and len(rows) == 1000 - len(dev_ids)
+    renamed = tmp_path / "scp.jsonl"
+    renamed.write_text(SCP.read_text())
+    with caplog.at_level("WARNING", logger="clara.train.run"):
+        rows, held = scp_data(TrainConfig(**{**cfg.to_dict(), "data": [str(renamed)]}), dev_ids)
+    assert "no SCP row is in the dev split" in caplog.text and len(rows) == 1000 - 8
+
+
+def test_default_configs_read_the_split_file_by_its_name():
+    root = Path(__file__).parents[1]
+    split_name = Path(json.loads((root / "splits" / "dev.json").read_text())["scp"]["file"]).name
+    for name in ("scp.yaml", "scp_cpu.yaml"):
+        cfg = TrainConfig.load(root / "configs" / "default" / name)
+        assert [Path(p).name for p in cfg.data] == [split_name]

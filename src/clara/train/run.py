@@ -49,6 +49,12 @@ def scp_data(cfg: TrainConfig, exclude: set[str]) -> tuple[list[ScpRow], list[Sc
     if dev:
         held = [r for r in dev if r.questions][:n_held]
     else:  # no dev split given: hold out some training rows instead
+        if exclude:
+            # the split names ids like "clara_pretrain_qa_1k:21" (file stem:line): a renamed copy of
+            # the file matches none, which silently put dev documents into training before session 10
+            log.warning("no SCP row is in the dev split (exclude_ids %s): ids come from the file name "
+                        "and line, so check that the data file kept its name; holding out %d training rows "
+                        "instead", cfg.exclude_ids, n_held)
         carved = set([i for i, r in enumerate(rows) if r.questions][:n_held])
         held = [rows[i] for i in sorted(carved)]
         rows = [r for i, r in enumerate(rows) if i not in carved]
