@@ -118,6 +118,8 @@ def test_unknown_config_field_is_an_error(tmp_path):
         TrainConfig.load(None, ["lr_typo=1"])
     cfg = TrainConfig.load(None, ["model.compression_ratio=32", "lr=5e-4"])
     assert cfg.model == {"compression_ratio": 32} and cfg.lr == 5e-4
+    with pytest.raises(ValueError, match="'max_steps=' has no value"):
+        TrainConfig.load(None, ["max_steps="])  # an unset shell variable; it used to become None
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qa"

@@ -91,6 +91,8 @@ class TrainConfig:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"override {item!r} must look like key=value")
+            if not value.strip():  # `max_steps=` from an unset shell variable would silently become None
+                raise ValueError(f"override {item!r} has no value")
             target = data
             *parents, leaf = key.split(".")
             for p in parents:  # model.compression_ratio=32
