@@ -7,6 +7,11 @@ QA real/zero <= 0.85, and (c) no better than (b).
 
     python benchmarks/info_flow.py CKPT [CKPT ...] --rows 32 --out benchmarks/results/info_flow.json
 
+Before session 10 the dev documents were in stage-1 training (its SCP file was a renamed copy, so
+no row matched the split's "clara_pretrain_qa_1k:LINE" ids). ``--carved-seed S`` measures instead
+the rows such a run held out of training for its own logged measure (seed S; the shipped default's
+stage 1 used seed 0): the only SCP documents those checkpoints never saw.
+
 ``--span-gap`` measures instead how far each compressor's memory is from the bag-of-words
 oracle on the same documents (``clara.train.bow.span_gap``: the span-mean loss, against the
 document's own span means and another's, their cosine, the anchoring loss).
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +30,22 @@ import torch
 
 from clara import ClaraModel
 from clara.train.bow import span_gap
+from clara.train import TrainConfig
 from clara.train.info_flow import info_flow
-from clara.train.rows import load_exclusions, read_scp
+from clara.train.rows import ScpRow, load_exclusions, read_scp
+from clara.train.run import scp_data
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def carved_rows(scp: Path, recon: Path, dev: set[str], seed: int, n: int) -> list[ScpRow]:
+    """The n rows a stage-1 run with this seed held out when its SCP file did not match the split."""
+    with tempfile.TemporaryDirectory() as tmp:
+        renamed = Path(tmp) / "scp.jsonl"  # the name train_data/ gave the file before session 10
+        shutil.copy(scp, renamed)
+        cfg = TrainConfig(stage="scp", output_dir=tmp, data=[str(renamed)], recon_data=[str(recon)], seed=seed,
+                          eval_every=1, eval_rows=n)
+        return scp_data(cfg, dev)[1]
 
 
 def main() -> None:
@@ -37,15 +56,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--span-gap", action="store_true", help="measure the distance to the bag-of-words oracle instead")
+    ap.add_argument("--carved-seed", type=int, default=None, help="measure the rows a pre-session-10 stage-1 run with this seed held out")
+    ap.add_argument("--recon", type=Path, default=ROOT / "train_data" / "recon.jsonl", help="stage 1's reconstruction rows (for --carved-seed)")
+    ap.add_argument("--backbone", default=None, help="load the checkpoints on this backbone folder instead of their own")
     ap.add_argument("--device", default="cpu", help="'cpu' (the committed results), 'cuda', 'auto'")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = load_exclusions(args.splits)
-    rows = [r for r in read_scp(args.scp) if r.doc_id in dev][: args.rows]
+    if args.carved_seed is None:
+        rows = [r for r in read_scp(args.scp) if r.doc_id in dev][: args.rows]
+    else:
+        rows = carved_rows(args.scp, args.recon, dev, args.carved_seed, args.rows)
     results = {}
     for ckpt in args.checkpoints:
         start = time.time()
-        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device=args.device)
+        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, backbone=args.backbone, device=args.device)
         if args.span_gap:
             res = {k: round(v, 4) for k, v in span_gap(model, [r.doc for r in rows]).items()}
         else:

@@ -277,3 +277,31 @@ def test_checkpoint_widened_to_lower_ratio(backbones, tmp_path):
         assert wide.compress(DOCS[:2]).shape == (2, 8, wide.hidden_size)
     with pytest.raises(CheckpointError, match=r"model.safetensors.*multiple of 4"):
         ClaraModel.from_pretrained(tmp_path / "ckpt", compression_ratio=5)  # 6 memory tokens
+
+
+def test_eos_is_part_of_the_backbone_identity(backbones, tmp_path):
+    """Documents and targets end with eos: a backbone folder whose tokenizer names another eos (as
+    transformers 5.17's GGUF conversion of SmolLM2 did) is refused, and the conversion repairs it."""
+    import json
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from clara.backbone import align_special_tokens
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    model.save_pretrained(tmp_path / "ckpt")
+    other = tmp_path / "llama_other_eos"
+    shutil.copytree(backbones["llama"], other)
+    tok_cfg = json.loads((other / "tokenizer_config.json").read_text())
+    tok_cfg["eos_token"] = "<unk>"
+    (other / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    with pytest.raises(CheckpointError, match="eos_token_id: checkpoint has"):
+        ClaraModel.from_pretrained(tmp_path / "ckpt", backbone=str(other))
+
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    config = AutoConfig.from_pretrained(other)
+    config.eos_token_id = model.tokenizer.eos_token_id
+    assert tokenizer.eos_token_id != config.eos_token_id
+    align_special_tokens(tokenizer, config)
+    assert tokenizer.eos_token_id == config.eos_token_id and tokenizer.eos_token == model.tokenizer.eos_token

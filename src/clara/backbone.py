@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -60,12 +61,29 @@ def _smollm2_gguf_path() -> Path:
     return path
 
 
+def align_special_tokens(tokenizer: Any, config: Any) -> None:
+    """Make the tokenizer's eos (and pad) the ids the model config names.
+
+    transformers 5.17 reads SmolLM2's GGUF with eos ``<|im_start|>`` (id 1) where the model's config
+    and 5.24 say ``<|im_end|>`` (id 2). Documents and targets end with eos, so a model trained under
+    one reads the other's inputs wrongly (session 10's GPU run): the config's ids decide.
+    """
+    for role in ("eos", "pad"):
+        want = getattr(config, f"{role}_token_id", None)
+        if isinstance(want, int) and getattr(tokenizer, f"{role}_token_id") != want:
+            token = tokenizer.convert_ids_to_tokens(want)
+            log.info("tokenizer %s token %r -> %r (the model config's id %d)", role,
+                     getattr(tokenizer, f"{role}_token"), token, want)
+            setattr(tokenizer, f"{role}_token", token)
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF once and save it as a plain HF folder (atomically)."""
     log.info("converting %s to a HF folder at %s (once)", gguf.name, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
+    align_special_tokens(tokenizer, config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-tagged model refuses save_pretrained
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -54,6 +54,7 @@ def backbone_fingerprint(model: "ClaraModel") -> dict[str, Any]:
         "num_hidden_layers": int(getattr(cfg, "num_hidden_layers", -1)),
         "vocab_rows": int(weight.shape[0]),
         "embedding_probe": [round(v, 6) for v in probe],
+        "eos_token_id": model.tokenizer.eos_token_id,  # documents and targets end with it
     }
 
 
@@ -61,6 +62,9 @@ def _fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_rows"):
         if saved.get(key) != current.get(key):
             return f"{key}: checkpoint has {saved.get(key)!r}, backbone has {current.get(key)!r}"
+    if "eos_token_id" in saved and saved["eos_token_id"] != current.get("eos_token_id"):  # absent before session 10
+        return (f"eos_token_id: checkpoint has {saved['eos_token_id']!r}, tokenizer has {current.get('eos_token_id')!r} "
+                "(a different tokenizer conversion; documents and targets end with eos)")
     a, b = torch.tensor(saved["embedding_probe"]), torch.tensor(current["embedding_probe"])
     if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=2e-3):
         return "embedding weights differ (same architecture, different weights)"
