@@ -19,9 +19,9 @@ from clara.train import TrainConfig, train
 from clara.train.bow import bow_loss, span_gap, span_loss, span_means, span_targets
 from clara.train.batch import Batch
 from clara.train.rows import read_scp, row_rng
-from clara.train.scp import make_step
+from clara.train.scp import drawn, make_step, scp_prompts
 
-from .conftest import SHARED, tiny_config
+from .conftest import SHARED, perturb_lora, tiny_config
 
 SCP = SHARED / "scp" / "clara_pretrain_qa_1k.jsonl"
 
@@ -223,6 +223,31 @@ def test_e2e_recon_mix_rehearses_from_cached_states_and_leaves_the_compressor_fr
     assert all(p.grad is None for n, p in named.items() if ".compressor." in n)
 
 
+def test_adapter_lr_trains_each_adapter_at_its_own_rate(tmp_path, backbones):
+    """Stage 3 with adapter_lr={query_reasoner: 1e-2} and lr=1e-9: after the run the query
+    reasoner has moved far, the generator by no more than its own tiny rate allows. Unknown
+    adapters and non-positive rates are refused; YAML overrides reach the field."""
+    train(qa_cfg(tmp_path, "instruct", backbone=backbones["mistral"], max_steps=1))
+    init = str(tmp_path / "instruct" / "final")
+    train(qa_cfg(tmp_path, "e2e", init=init, lr=1e-9, adapter_lr={"query_reasoner": 1e-2}, max_steps=3))
+    start = ClaraModel.from_pretrained(init)
+    start.init_query_reasoner_from_compressor()  # where stage 3 starts the query reasoner
+    end = ClaraModel.from_pretrained(tmp_path / "e2e" / "final")
+
+    def moved(adapter: str) -> float:
+        return max((a - b).abs().max().item()
+                   for a, b in zip(end.adapter_parameters(adapter), start.adapter_parameters(adapter)))
+
+    assert moved("query_reasoner") > 1e-3  # Adam moves each weight by ~lr per step
+    assert moved("generator") < 1e-7
+    assert moved("compressor") == 0.0
+    with pytest.raises(ValueError, match="unknown adapter 'retriever'"):
+        TrainConfig(adapter_lr={"retriever": 1e-3})
+    with pytest.raises(ValueError, match="adapter_lr.generator"):
+        TrainConfig(adapter_lr={"generator": 0})
+    assert TrainConfig.load(None, ["adapter_lr.query_reasoner=5e-4"]).adapter_lr == {"query_reasoner": 5e-4}
+
+
 def _run_cli(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CLARA_SHARED_DATA": str(SHARED)}
     if nproc == 1:
@@ -367,6 +392,42 @@ def test_oracle_mix_swaps_the_generators_input_not_the_compressors_losses(tmp_pa
     with pytest.raises(ValueError, match="oracle_mix"):
         TrainConfig(**{**cfg0.to_dict(), "oracle_mix": 1.5})
     cfg = TrainConfig(**{**cfg0.to_dict(), "oracle_mix": 0.5, "bow_weight": 1.0, "max_rows": 4})
+    train(cfg)
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
+
+
+def test_memory_dropout_reads_zeroed_memory_for_a_reproducible_share(tmp_path, backbones):
+    """memory_dropout=1: every example's generator reads what zeroed states read as, so the CE is
+    exactly info flow's zeroed-states loss and none of it reaches the compressor. The draw is per
+    (seed, epoch, row), independent of oracle_mix's; a bad share is refused; a mixed run learns."""
+    cfg0 = scp_cfg(tmp_path, backbones["llama"], bow_weight=0.0, mse_weight=0.0,
+                   model=tiny_config(backbones["llama"], mem_readout="soft_tokens").to_dict())
+    rows = read_scp(cfg0.data[0])[:4]
+    batch = Batch(rows=rows, indices=list(range(4)), epoch=0)
+    torch.manual_seed(0)
+    model = ClaraModel.from_backbone(ClaraConfig(**cfg0.model))
+    perturb_lora(model)
+    model.set_trainable(("compressor", "generator"), mem_rows=True)
+    loss, parts = make_step(TrainConfig(**{**cfg0.to_dict(), "memory_dropout": 1.0}))(model, batch)
+    loss.backward()
+    compressor = [p.grad for n, p in model.named_parameters() if ".compressor." in n and p.requires_grad]
+    assert all(g is None or g.abs().sum() == 0 for g in compressor)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if ".generator." in n)
+    # the same loss by hand: the stage-1 prompts and targets, reading all-zero states through read_memory
+    prompts, targets = scp_prompts(model, rows, cfg0, 0, list(range(4)))
+    with torch.no_grad():
+        zeroed = model.generator_loss(prompts, targets, [torch.zeros(1, model.config.n_mem, model.hidden_size)] * 4,
+                                      per_example=True, max_target_len=cfg0.max_target_len).mean()
+    assert abs(parts["ce"] - zeroed.item()) < 1e-5
+    # the share: reproducible, close to its value over many rows, and drawn apart from oracle_mix
+    many = Batch(rows=[rows[0]] * 400, indices=list(range(400)), epoch=3)
+    drop, oracle = drawn(7 + 2, many, 0.3), drawn(7 + 1, many, 0.3)
+    assert drop == drawn(9, many, 0.3) and 0.24 < sum(drop) / 400 < 0.36
+    assert drop != oracle and abs(sum(a and b for a, b in zip(drop, oracle)) / 400 - 0.09) < 0.04
+    with pytest.raises(ValueError, match="memory_dropout"):
+        TrainConfig(**{**cfg0.to_dict(), "memory_dropout": -0.1})
+    cfg = TrainConfig(**{**cfg0.to_dict(), "memory_dropout": 0.5, "bow_weight": 1.0, "max_rows": 4})
     train(cfg)
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2

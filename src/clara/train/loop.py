@@ -62,6 +62,16 @@ def _save(acc: Accelerator, model: ClaraModel, opt, sched, folder: Path, step: i
     atomic_folder_write(folder, write)
 
 
+def param_groups(model: ClaraModel, params: list[torch.nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: each adapter of ``cfg.adapter_lr`` at its own peak learning rate,
+    every other trainable parameter at ``cfg.lr``. The schedule scales all groups alike."""
+    own = {id(p): lr for name, lr in cfg.adapter_lr.items() for p in model.adapter_parameters(name)}
+    groups = [{"params": [p for p in params if id(p) not in own], "lr": cfg.lr}]
+    for lr in sorted(set(own.values())):
+        groups.append({"params": [p for p in params if own.get(id(p)) == lr], "lr": lr})
+    return [g for g in groups if g["params"]]
+
+
 def train_loop(
     model: ClaraModel,
     dataset: list[Any],
@@ -93,7 +103,7 @@ def train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = acc.prepare(model, opt, loader)
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs

@@ -36,6 +36,8 @@ def make_step(cfg: TrainConfig):
         read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H) generator input rows
         if cfg.oracle_mix:
             read = with_oracle_rows(model, cfg, batch, read)
+        if cfg.memory_dropout:
+            read = with_dropped_rows(model, cfg, batch, read)
         ce = model.generator_loss(
             prompts, targets, [r.unsqueeze(0) for r in read], max_target_len=cfg.max_target_len, per_example=True,
             adapter="generator" if cfg.train_generator else None, pre_read=True,
@@ -54,11 +56,36 @@ def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: to
     pulled towards the same rows by the anchoring, is then read by a generator that already
     knows what they mean.
     """
-    use = [row_rng(cfg.seed + 1, batch.epoch, i).random() < cfg.oracle_mix for i in batch.indices]
+    use = drawn(cfg.seed + 1, batch, cfg.oracle_mix)
     if not any(use):
         return read
     oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)
     return torch.where(torch.tensor(use, device=read.device)[:, None, None], oracle, read)
+
+
+def with_dropped_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: torch.Tensor) -> torch.Tensor:
+    """``read`` (B, n_mem, H) with the rows of a reproducible ``memory_dropout`` share of
+    examples replaced by what zeroed memory states read as (``read_memory(0)``).
+
+    Why: information flow's condition (b) reads zeroed states. Without this, no training
+    example ever shows the generator those rows, so (b) measures a generator confused by an
+    unseen input rather than one answering without the document, and another document's
+    states (real words, however wrong) look better than "nothing". With it the generator
+    learns a calibrated no-document prior, and real/zeroed measures what memory adds.
+    Dropped examples train the generator only: their CE does not reach the compressor.
+    """
+    use = drawn(cfg.seed + 2, batch, cfg.memory_dropout)
+    if not any(use):
+        return read
+    zero = model.read_memory(read.new_zeros(1, read.shape[-1])).to(read.dtype)  # (1, H): one row, whatever the slot
+    return torch.where(torch.tensor(use, device=read.device)[:, None, None], zero, read)
+
+
+def drawn(salt_seed: int, batch: Batch, share: float) -> list[bool]:
+    """Which examples of ``batch`` fall in a ``share`` drawn per (seed, epoch, row): the same
+    rows whatever the batch size, process count or resume point. Each option passes its own
+    ``salt_seed`` so the draws of two options are independent."""
+    return [row_rng(salt_seed, batch.epoch, i).random() < share for i in batch.indices]
 
 
 def with_memory_losses(
