@@ -246,6 +246,11 @@ def test_adapter_lr_trains_each_adapter_at_its_own_rate(tmp_path, backbones):
     with pytest.raises(ValueError, match="adapter_lr.generator"):
         TrainConfig(adapter_lr={"generator": 0})
     assert TrainConfig.load(None, ["adapter_lr.query_reasoner=5e-4"]).adapter_lr == {"query_reasoner": 5e-4}
+    yaml_file = tmp_path / "e2e.yaml"
+    yaml_file.write_text("stage: e2e\nadapter_lr: {query_reasoner: 1e-3}\n")  # a string to YAML 1.1
+    assert TrainConfig.load(yaml_file).adapter_lr == {"query_reasoner": 1e-3}
+    with pytest.raises(ValueError, match="adapter_lr.query_reasoner"):
+        TrainConfig(adapter_lr={"query_reasoner": "fast"})
 
 
 def _run_cli(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:

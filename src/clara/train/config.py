@@ -81,9 +81,13 @@ class TrainConfig:
         for name, value in self.adapter_lr.items():
             if name not in ADAPTERS:
                 raise ValueError(f"adapter_lr: unknown adapter {name!r}; expected some of {ADAPTERS}")
-            if not isinstance(value, (int, float)) or value <= 0:
+            try:
+                rate = float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
+            except (TypeError, ValueError):
+                rate = 0.0
+            if isinstance(value, bool) or not rate > 0:
                 raise ValueError(f"adapter_lr.{name} must be a number > 0, got {value!r}")
-            self.adapter_lr[name] = float(value)
+            self.adapter_lr[name] = rate
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 
