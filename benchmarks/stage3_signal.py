@@ -15,6 +15,7 @@ script measures, as the probability that a random gold candidate beats a random 
 If ``gradient`` is near 0.5, stage 3 has nothing to learn from, whatever its learning rate.
 
     python benchmarks/stage3_signal.py [--model CKPT] [--limit 100] [--teacher] [--out FILE]
+    python benchmarks/stage3_signal.py --model STAGE2_CKPT --from-compressor ...   # where stage 3 would start
 """
 
 from __future__ import annotations
@@ -52,10 +53,14 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=1.0, help="top-k temperature (stage 3's tau)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--teacher", action="store_true", help="also rank by the answer loss reading each candidate alone")
+    ap.add_argument("--from-compressor", action="store_true",
+                    help="start the query reasoner from the compressor, as stage 3 does (for a stage-2 checkpoint)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     model = ClaraModel.from_pretrained(args.model, device="cpu").eval()  # eval: no dropout, as a measurement
+    if args.from_compressor:
+        model.init_query_reasoner_from_compressor()
     model.set_trainable(("query_reasoner",))  # the scores need a graph; nothing is updated
     keep = {i for entry in json.loads(args.splits.read_text()).values() for i in entry.get("ids", [])}
     examples = [e for e in load_qa(args.data) if e.id in keep and e.answers and e.gold_ids][: args.limit]
@@ -83,7 +88,8 @@ def main() -> None:
                 table["teacher"].append(auc(-alone, gold))
         print(f"{b + len(exs)}/{len(examples)} " + " ".join(f"{k} {mean(v):.3f}" for k, v in table.items() if v), flush=True)
     result = {
-        "model": args.model or "default", "data": args.data.name, "questions": len(table["gradient"]),
+        "model": args.model or "default", "query_reasoner": "from compressor" if args.from_compressor else "checkpoint's",
+        "data": args.data.name, "questions": len(table["gradient"]),
         "k": args.k, "tau": args.tau,
         "auc": {k: round(mean(v), 3) for k, v in table.items() if v},
         "seconds": round(time.perf_counter() - start, 1),
