@@ -30,6 +30,7 @@ import torch
 from clara import ClaraModel
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean
+from clara.score import SCORES
 from clara.train.e2e import answer_loss_through_topk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,10 +56,13 @@ def main() -> None:
     ap.add_argument("--teacher", action="store_true", help="also rank by the answer loss reading each candidate alone")
     ap.add_argument("--from-compressor", action="store_true",
                     help="start the query reasoner from the compressor, as stage 3 does (for a stage-2 checkpoint)")
+    ap.add_argument("--retrieval-score", choices=SCORES, default=None,
+                    help="score as stage 3 would (its recipe sets maxsim); default: the checkpoint's")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    model = ClaraModel.from_pretrained(args.model, device="cpu").eval()  # eval: no dropout, as a measurement
+    overrides = {"retrieval_score": args.retrieval_score} if args.retrieval_score else {}
+    model = ClaraModel.from_pretrained(args.model, device="cpu", **overrides).eval()  # eval: no dropout, as a measurement
     if args.from_compressor:
         model.init_query_reasoner_from_compressor()
     model.set_trainable(("query_reasoner",))  # the scores need a graph; nothing is updated
@@ -90,7 +94,7 @@ def main() -> None:
     result = {
         "model": args.model or "default", "query_reasoner": "from compressor" if args.from_compressor else "checkpoint's",
         "data": args.data.name, "questions": len(table["gradient"]),
-        "k": args.k, "tau": args.tau,
+        "retrieval_score": model.config.retrieval_score, "k": args.k, "tau": args.tau,
         "auc": {k: round(mean(v), 3) for k, v in table.items() if v},
         "seconds": round(time.perf_counter() - start, 1),
     }
