@@ -41,11 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from clara import ClaraModel
-from clara.data.qa import QAExample, load_qa
+from clara.data.qa import load_qa
 from clara.eval.metrics import mean, recall_at_k
 from clara.eval.retrievers import top_k
 from clara.eval.runner import SETTINGS, candidates
 from clara.score import score
+from clara.train.e2e import answer_loss_alone
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -81,13 +82,6 @@ def recall_at(
     """Mean Recall@k over questions, in percent (as `clara eval` computes it)."""
     values = [recall_at_k([ids[j] for j in top_k(score(q, d), k)], gold, k) for ids, gold, q, d in zip(cands, golds, queries, docs)]
     return round(100 * mean(values), 1)
-
-
-def generator_losses(model: ClaraModel, example: QAExample, docs: torch.Tensor) -> torch.Tensor:
-    """The generator's loss on the first gold answer reading each candidate alone: (n,)."""
-    n = docs.shape[0]
-    prompts = model.answer_prompts([example.question] * n, [1] * n)
-    return model.generator_loss(prompts, [example.answers[0]] * n, list(docs.unsqueeze(1)), per_example=True)
 
 
 def main() -> None:
@@ -127,7 +121,7 @@ def main() -> None:
     }
     if args.teacher:
         with torch.no_grad():
-            losses = [generator_losses(model, e, d) for e, d in zip(examples, docs)]
+            losses = [answer_loss_alone(model, e, d) for e, d in zip(examples, docs)]
         # the "query" is the per-document loss itself: a lower loss ranks higher
         table["generator_answer_loss"] = {"teacher": recall_at(cands, golds, losses, docs, lambda loss, _: -loss, args.k)}
     result = {

@@ -31,7 +31,8 @@ from clara import ClaraModel
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean
 from clara.score import SCORES
-from clara.train.e2e import answer_loss_through_topk
+from clara.train.e2e import answer_loss_alone, answer_loss_through_topk
+from clara.train.rows import load_exclusions
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -66,8 +67,8 @@ def main() -> None:
     if args.from_compressor:
         model.init_query_reasoner_from_compressor()
     model.set_trainable(("query_reasoner",))  # the scores need a graph; nothing is updated
-    keep = {i for entry in json.loads(args.splits.read_text()).values() for i in entry.get("ids", [])}
-    examples = [e for e in load_qa(args.data) if e.id in keep and e.answers and e.gold_ids][: args.limit]
+    dev = load_exclusions(args.splits)
+    examples = [e for e in load_qa(args.data) if e.id in dev and e.answers and e.gold_ids][: args.limit]
     start = time.perf_counter()
     table: dict[str, list[float]] = {"gradient": [], "retriever": [], "teacher": []}
     for b in range(0, len(examples), args.batch):
@@ -87,9 +88,7 @@ def main() -> None:
             table["retriever"].append(auc(scores[i].detach(), gold))
             if args.teacher:
                 with torch.no_grad():
-                    alone = model.generator_loss(model.answer_prompts([e.question] * n, [1] * n), [e.answers[0]] * n,
-                                                 list(cand[i].unsqueeze(1)), per_example=True)
-                table["teacher"].append(auc(-alone, gold))
+                    table["teacher"].append(auc(-answer_loss_alone(model, e, cand[i]), gold))
         print(f"{b + len(exs)}/{len(examples)} " + " ".join(f"{k} {mean(v):.3f}" for k, v in table.items() if v), flush=True)
     result = {
         "model": args.model or "default", "query_reasoner": "from compressor" if args.from_compressor else "checkpoint's",

@@ -81,6 +81,15 @@ def answer_loss_through_topk(
     return per_q, scores, z
 
 
+def answer_loss_alone(model: ClaraModel, example: QAExample, cand: torch.Tensor) -> torch.Tensor:
+    """The generator's loss on ``example``'s first answer reading each candidate alone:
+    cand (n, n_mem, H) -> (n,). The zeroth-order version of stage 3's signal: a teacher that
+    needs the answer, for measuring (benchmarks/retrieval_scoring.py, stage3_signal.py)."""
+    n = cand.shape[0]
+    prompts = model.answer_prompts([example.question] * n, [1] * n)
+    return model.generator_loss(prompts, [example.answers[0]] * n, list(cand.unsqueeze(1)), per_example=True)
+
+
 def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
