@@ -23,9 +23,10 @@ deduplicated documents of the split).
 when it reads that document alone: the label-free signal an Atlas-style "perplexity
 distillation" would train the query reasoner towards (it needs the answer, so it is a teacher,
 never a retriever). If it ranks worse than the query reasoner already does, distilling it
-cannot help.
+cannot help. ``--teacher question`` ranks by the loss of writing the question instead (stage 1's
+question-writing prompt; needs no answer), ``question_answer`` by both.
 
-    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher] [--pool 4]
+    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher [answer question question_answer]] [--pool 4]
         [--data ../shared/data/nq/nq_open_oracle.jsonl.gz --setting normal]
 """
 
@@ -46,7 +47,7 @@ from clara.eval.metrics import mean, recall_at_k
 from clara.eval.retrievers import top_k
 from clara.eval.runner import SETTINGS, candidates
 from clara.score import score
-from clara.train.e2e import answer_loss_alone
+from clara.train.e2e import TEACHERS, candidate_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -89,13 +90,17 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="CLaRa checkpoint (default: the shipped one)")
     ap.add_argument("--limit", type=int, default=100, help="dev questions")
     ap.add_argument("-k", type=int, default=5)
-    ap.add_argument("--teacher", action="store_true", help="also rank by the generator's answer loss per document")
+    ap.add_argument("--teacher", nargs="*", choices=TEACHERS, default=None,
+                    help="also rank by the generator's loss reading each document alone: on the answer (the "
+                         "default), the question (stage 1's question-writing task), or both (clara.train.e2e.candidate_losses)")
     ap.add_argument("--pool", type=int, default=0, help="also max-sim over groups of this many consecutive slots")
     ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset (any format clara reads)")
     ap.add_argument("--setting", choices=SETTINGS, default="oracle")
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_scoring.json")
     args = ap.parse_args()
+    if args.teacher == []:  # a bare --teacher
+        args.teacher = ["answer"]
     if args.teacher and args.setting != "oracle":
         ap.error("--teacher reads every candidate of every question: use it with --setting oracle")
 
@@ -119,11 +124,11 @@ def main() -> None:
         enc: {name: recall_at(cands, golds, q, docs, fn, args.k) for name, fn in scores.items()}
         for enc, q in encoders.items()
     }
-    if args.teacher:
+    for kind in args.teacher or []:
         with torch.no_grad():
-            losses = [answer_loss_alone(model, e, d) for e, d in zip(examples, docs)]
+            losses = [candidate_losses(model, e, d, kind, [x.full_text() for x in e.docs]) for e, d in zip(examples, docs)]
         # the "query" is the per-document loss itself: a lower loss ranks higher
-        table["generator_answer_loss"] = {"teacher": recall_at(cands, golds, losses, docs, lambda loss, _: -loss, args.k)}
+        table[f"generator_{kind}_loss"] = {"teacher": recall_at(cands, golds, losses, docs, lambda loss, _: -loss, args.k)}
     result = {
         "model": args.model or "default", "data": args.data.name, "setting": args.setting,
         "questions": len(examples), "k": args.k,

@@ -10,7 +10,10 @@ script measures, as the probability that a random gold candidate beats a random 
 - ``gradient``: by ``-dL/dscore``, the direction stage 3 pushes the scores;
 - ``retriever``: by the current scores themselves (what stage 3 starts from);
 - ``teacher`` (``--teacher``): by the generator's answer loss reading that candidate alone, the
-  zeroth-order version of the same signal (``benchmarks/retrieval_scoring.py --teacher``).
+  zeroth-order version of the same signal (``benchmarks/retrieval_scoring.py --teacher``);
+- ``teacher_question`` / ``teacher_question_answer`` (``--teacher question question_answer``): by
+  the loss of writing the question (and its answer) from that candidate alone, with stage 1's
+  question-writing prompt (``clara.train.e2e.candidate_losses``).
 
 If ``gradient`` is near 0.5, stage 3 has nothing to learn from, whatever its learning rate.
 
@@ -31,7 +34,7 @@ from clara import ClaraModel
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean
 from clara.score import SCORES
-from clara.train.e2e import answer_loss_alone, answer_loss_through_topk
+from clara.train.e2e import TEACHERS, answer_loss_through_topk, candidate_losses
 from clara.train.rows import load_exclusions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +57,9 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=5, help="documents the generator reads (stage 3's k_docs)")
     ap.add_argument("--tau", type=float, default=1.0, help="top-k temperature (stage 3's tau)")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--teacher", action="store_true", help="also rank by the answer loss reading each candidate alone")
+    ap.add_argument("--teacher", nargs="*", choices=TEACHERS, default=None,
+                    help="also rank by the generator's loss reading each candidate alone (clara.train.e2e."
+                         "candidate_losses): on the answer (a bare --teacher), the question, or both")
     ap.add_argument("--from-compressor", action="store_true",
                     help="start the query reasoner from the compressor, as stage 3 does (for a stage-2 checkpoint)")
     ap.add_argument("--retrieval-score", choices=SCORES, default=None,
@@ -63,6 +68,8 @@ def main() -> None:
     args = ap.parse_args()
 
     overrides = {"retrieval_score": args.retrieval_score} if args.retrieval_score else {}
+    if args.teacher == []:
+        args.teacher = ["answer"]
     model = ClaraModel.from_pretrained(args.model, device="cpu", **overrides).eval()  # eval: no dropout, as a measurement
     if args.from_compressor:
         model.init_query_reasoner_from_compressor()
@@ -70,7 +77,8 @@ def main() -> None:
     dev = load_exclusions(args.splits)
     examples = [e for e in load_qa(args.data) if e.id in dev and e.answers and e.gold_ids][: args.limit]
     start = time.perf_counter()
-    table: dict[str, list[float]] = {"gradient": [], "retriever": [], "teacher": []}
+    teachers = {kind: "teacher" if kind == "answer" else f"teacher_{kind}" for kind in args.teacher or []}
+    table: dict[str, list[float]] = {"gradient": [], "retriever": [], **{name: [] for name in teachers.values()}}
     for b in range(0, len(examples), args.batch):
         exs = examples[b : b + args.batch]
         n = min(len(e.docs) for e in exs)
@@ -86,9 +94,9 @@ def main() -> None:
                 continue
             table["gradient"].append(auc(-scores.grad[i], gold))
             table["retriever"].append(auc(scores[i].detach(), gold))
-            if args.teacher:
+            for kind, name in teachers.items():
                 with torch.no_grad():
-                    table["teacher"].append(auc(-answer_loss_alone(model, e, cand[i]), gold))
+                    table[name].append(auc(-candidate_losses(model, e, cand[i], kind, [d.full_text() for d in e.docs[:n]]), gold))
         print(f"{b + len(exs)}/{len(examples)} " + " ".join(f"{k} {mean(v):.3f}" for k, v in table.items() if v), flush=True)
     result = {
         "model": args.model or "default", "query_reasoner": "from compressor" if args.from_compressor else "checkpoint's",

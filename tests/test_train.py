@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from clara import ClaraConfig, ClaraModel
 from clara.io import DataError
-from clara.score import SCORES
+from clara.score import SCORES, score_candidates
 from clara.train import TrainConfig, train
 from clara.train.bow import bow_loss, span_gap, span_loss, span_means, span_targets
 from clara.train.batch import Batch
@@ -221,6 +221,102 @@ def test_e2e_recon_mix_rehearses_from_cached_states_and_leaves_the_compressor_fr
     named = dict(model.named_parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".generator." in n)
     assert all(p.grad is None for n, p in named.items() if ".compressor." in n)
+
+
+def test_distillation_kl_matches_hand_computation():
+    from clara.train.e2e import distillation_kl
+
+    scores = torch.tensor([[0.9, 0.1, -0.2], [0.0, 0.5, 0.4]], requires_grad=True)
+    losses = torch.tensor([[1.0, 2.0, 3.0], [2.5, 2.0, 2.1]])
+    kl = distillation_kl(scores, losses, score_temperature=0.5, teacher_temperature=0.25)
+    for b in range(2):
+        p = [torch.exp(-losses[b, i] / 0.25) for i in range(3)]
+        p = [x / sum(p) for x in p]
+        q = [torch.exp(scores[b, i].detach() / 0.5) for i in range(3)]
+        q = [x / sum(q) for x in q]
+        assert kl[b].item() == pytest.approx(sum(float(p[i] * torch.log(p[i] / q[i])) for i in range(3)), rel=1e-5)
+    kl.sum().backward()
+    # d KL / d score_i = (q_i - p_i) / T_s: descent raises the score of the candidate the teacher prefers
+    assert scores.grad[0, 0] < 0 < scores.grad[0, 2]
+    same = distillation_kl(torch.tensor([[2.0, -1.0]]), torch.tensor([[-2.0 * 0.3, 1.0 * 0.3]]), 1.0, 0.3)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # identical distributions
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_candidate_losses_score_each_candidate_alone(backbones, arch):
+    from clara.data.qa import load_qa
+    from clara.train import e2e
+
+    model = ClaraModel.from_backbone(tiny_config(backbones[arch])).eval()
+    perturb_lora(model)
+    ex = load_qa(FIXTURES / "hotpot_distractor.json")[0]
+    with torch.no_grad():
+        cand = model.compress([d.full_text() for d in ex.docs[:3]])  # (3, n_mem, H)
+        texts = [d.full_text() for d in ex.docs[:3]]
+        by_kind = {kind: e2e.candidate_losses(model, ex, cand, kind, texts) for kind in e2e.TEACHERS}
+        alone = model.generator_loss(model.answer_prompts([ex.question], [1]), ex.answers[:1], [cand[1:2]])
+        written = model.generator_loss([model.prompt("qa", 1)], [f"Question: {ex.question}"], [cand[2:3]])
+        # the text teacher reads text with the plain backbone: the states and the adapters do not matter
+        from_text = e2e.candidate_losses(model, ex, torch.randn_like(cand), "question_text", texts)
+        shuffled = e2e.candidate_losses(model, ex, cand, "question_text", texts[::-1])
+    assert all(v.shape == (3,) and torch.isfinite(v).all() for v in by_kind.values())
+    assert by_kind["answer"][1].item() == pytest.approx(alone.item(), rel=1e-4)  # candidate 1, read alone
+    assert by_kind["question"][2].item() == pytest.approx(written.item(), rel=1e-4)
+    assert not torch.allclose(by_kind["question"], by_kind["question_answer"])
+    assert torch.allclose(from_text, by_kind["question_text"]) and torch.allclose(shuffled, from_text.flip(0))
+    with model.adapter("generator"):  # adapter=None switches the active generator off
+        assert torch.allclose(e2e.candidate_losses(model, ex, cand, "question_text", texts), from_text)
+    assert not torch.allclose(by_kind["question_text"], by_kind["question"])
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        e2e.candidate_losses(model, ex, cand, "relevance")
+    with pytest.raises(ValueError, match="needs the 3 candidates' texts"):
+        e2e.candidate_losses(model, ex, cand, "question_text")
+
+
+def test_e2e_distillation_adds_the_kl_towards_the_generators_ranking(backbones):
+    """Stage 3 with distill_weight: the loss is the answer loss plus weight x the KL from the
+    teacher (candidate_losses) to the scores; its gradient reaches the query reasoner only, and
+    training on it makes the query reasoner's ranking approach the teacher's."""
+    from clara.data.qa import load_qa
+    from clara.train import e2e
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"])).eval()  # eval: no dropout between calls
+    perturb_lora(model)
+    model.set_trainable(("query_reasoner",), mem_rows=False)
+    exs = e2e.add_candidates(load_qa(FIXTURES / "hotpot_distractor.json")[:2], 4, 0)
+    cache = {d.id: s for ex in exs for d, s in zip(ex.docs, model.compress([d.full_text() for d in ex.docs]).detach())}
+    batch = Batch(exs, [0, 1], 0)
+    cfg = TrainConfig(stage="e2e", k_docs=2, distill_weight=2.0, distill_teacher="question",
+                      distill_teacher_temperature=0.05, distill_score_temperature=0.1)
+    plain, _ = model(e2e.make_step(TrainConfig(stage="e2e", k_docs=2), cache), batch)
+    loss, parts = model(e2e.make_step(cfg, cache), batch)
+    cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs]) for ex in exs])
+    with torch.no_grad():
+        teacher = torch.stack([e2e.candidate_losses(model, ex, cand[b], "question") for b, ex in enumerate(exs)])
+        scores = score_candidates(model.encode_query([ex.question for ex in exs]), cand, model.config.retrieval_score)
+    kl = e2e.distillation_kl(scores, teacher, 0.1, 0.05).mean()
+    assert parts["distill"] == pytest.approx(kl.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * kl.item(), rel=1e-4)
+    assert "teacher_recall@2" in parts
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".query_reasoner." in n)
+    assert all(p.grad is None for n, p in named.items() if ".compressor." in n or ".generator." in n)
+
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    only_kl = TrainConfig(**{**cfg.to_dict(), "distill_weight": 1e3})  # the answer loss becomes negligible
+    kls = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss, parts = model(e2e.make_step(only_kl, cache), batch)
+        loss.backward()
+        opt.step()
+        kls.append(parts["distill"])
+    assert kls[-1] < 0.7 * kls[0]
+    for bad, match in [({"distill_teacher": "labels"}, "distill_teacher"), ({"distill_weight": -1.0}, "distill_weight"),
+                       ({"distill_score_temperature": 0.0}, "distill_score_temperature")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(stage="e2e", **bad)
 
 
 def test_adapter_lr_trains_each_adapter_at_its_own_rate(tmp_path, backbones):

@@ -12,6 +12,8 @@ import yaml
 from ..config import ADAPTERS
 
 STAGES = ("scp", "instruct", "e2e", "text")
+#: What a stage-3 teacher scores each candidate by (``clara.train.e2e.candidate_losses``).
+TEACHERS = ("answer", "question", "question_answer", "question_text")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class TrainConfig:
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
     n_candidates: int = field(default=20, metadata={"help": "Candidate documents per question (e2e)."})
     tau: float = field(default=1.0, metadata={"help": "Temperature of the differentiable top-k (e2e)."})
+    distill_weight: float = field(default=0.0, metadata={"help": "Weight of perplexity distillation (e2e; Atlas): KL from a teacher's ranking of each question's candidates (distill_teacher) to the query reasoner's (e2e.distillation_kl; 0 = the paper)."})
+    distill_teacher: str = field(default="answer", metadata={"help": "What the teacher scores each candidate by, reading it alone: answer, question, question_answer (read from memory) or question_text (the plain backbone reading the text) (e2e.candidate_losses)."})
+    distill_teacher_temperature: float = field(default=0.25, metadata={"help": "Temperature on the teacher's per-token losses (nats) in its softmax over candidates (at 135M they spread ~0.5 nats)."})
+    distill_score_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]; at 135M a question's candidates spread ~0.04) in the query reasoner's softmax over candidates."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, task choice and dropout."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (accelerate autocast)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
@@ -75,9 +81,14 @@ class TrainConfig:
         for name in ("oracle_mix", "memory_dropout", "recon_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("mse_weight", "bow_weight", "span_weight"):
+        for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill_teacher not in TEACHERS:
+            raise ValueError(f"distill_teacher must be one of {TEACHERS}, got {self.distill_teacher!r}")
+        for name in ("tau", "distill_teacher_temperature", "distill_score_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name, value in self.adapter_lr.items():
             if name not in ADAPTERS:
                 raise ValueError(f"adapter_lr: unknown adapter {name!r}; expected some of {ADAPTERS}")

@@ -11,19 +11,24 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..data.qa import QAExample
 from ..model import ClaraModel
 from ..score import score_candidates
+from ..tokens import TASK_INSTRUCTIONS, chat
 from ..topk import differentiable_topk
 from .batch import Batch
-from .config import TrainConfig
+from .config import TEACHERS, TrainConfig
 from .instruct import rehearsal_ce
 
 log = logging.getLogger(__name__)
+
+UPR_SYSTEM = "You are a helpful assistant."
 
 
 def add_candidates(examples: list[QAExample], n: int, seed: int) -> list[QAExample]:
@@ -81,13 +86,65 @@ def answer_loss_through_topk(
     return per_q, scores, z
 
 
-def answer_loss_alone(model: ClaraModel, example: QAExample, cand: torch.Tensor) -> torch.Tensor:
-    """The generator's loss on ``example``'s first answer reading each candidate alone:
-    cand (n, n_mem, H) -> (n,). The zeroth-order version of stage 3's signal: a teacher that
-    needs the answer, for measuring (benchmarks/retrieval_scoring.py, stage3_signal.py)."""
+def candidate_losses(
+    model: ClaraModel, example: QAExample, cand: torch.Tensor, teacher: str = "answer", texts: Sequence[str] | None = None
+) -> torch.Tensor:
+    """A teacher's loss for each candidate, read alone: cand (n, n_mem, H) -> (n,), lower = more useful.
+
+    ``answer``: the generator writing the first answer after the RAG prompt (stage 3's own
+    signal, zeroth order). ``question``: the generator writing the question under stage 1's
+    question-writing prompt ("Write questions about the background"), i.e. how well the document
+    predicts the question (UPR, Sachan et al. 2022, read from memory); needs no answer.
+    ``question_answer``: that task's full target, question then answer. ``question_text``: the
+    plain backbone (no adapter) writing the question after the candidate's text ``texts[i]``, cut
+    where the compressor cuts it: UPR itself, a teacher that reads more than the memory holds.
+    None uses a relevance label.
+    """
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
     n = cand.shape[0]
-    prompts = model.answer_prompts([example.question] * n, [1] * n)
-    return model.generator_loss(prompts, [example.answers[0]] * n, list(cand.unsqueeze(1)), per_example=True)
+    question = f"Question: {example.question}"  # the layout of stage 1's qa targets (rows.scp_example)
+    if teacher == "question_text":
+        if texts is None or len(texts) != n:
+            raise ValueError(f"teacher 'question_text' needs the {n} candidates' texts")
+        ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        cut = model.tokenizer.batch_decode([i[: model.config.doc_max_len] for i in ids])
+        prompts = [chat(model.tokenizer, UPR_SYSTEM, f"Passage: {t}\n\n{TASK_INSTRUCTIONS['qa']}") for t in cut]
+        no_docs = [cand.new_zeros((0, *cand.shape[1:]))] * n
+        return model.generator_loss(prompts, [question] * n, no_docs, per_example=True, adapter=None)
+    if teacher == "answer":
+        prompts = model.answer_prompts([example.question] * n, [1] * n)
+        target = example.answers[0]
+    else:
+        prompts = [model.prompt("qa", 1)] * n
+        target = question if teacher == "question" else f"{question}\nAnswer: {example.answers[0]}"
+    return model.generator_loss(prompts, [target] * n, list(cand.unsqueeze(1)), per_example=True)
+
+
+def distillation_kl(scores: torch.Tensor, teacher_losses: torch.Tensor, score_temperature: float,
+                    teacher_temperature: float) -> torch.Tensor:
+    """Perplexity distillation (Atlas, Izacard et al. 2023): KL(teacher || query reasoner) per question.
+
+    scores (B, n): retrieval scores, differentiable; teacher_losses (B, n): the generator's loss
+    reading each candidate alone (``candidate_losses``), a constant here. The teacher's
+    distribution is softmax(-losses / teacher_temperature), the query reasoner's
+    softmax(scores / score_temperature). Returns (B,).
+
+    Unlike the straight-through top-k gradient, which only reaches the candidates near the
+    selection boundary through a product of soft weights, this moves every candidate's score
+    towards how much that candidate alone helps the generator.
+    """
+    target = torch.softmax(-teacher_losses.detach().float() / teacher_temperature, dim=-1)
+    log_student = torch.log_softmax(scores.float() / score_temperature, dim=-1)
+    return F.kl_div(log_student, target, reduction="none").sum(-1)
+
+
+def gold_recall(exs: list[QAExample], picked: torch.Tensor) -> float:
+    """Mean share of each question's gold documents among its picked candidates (B, k) (a log, never a loss)."""
+    return sum(
+        len({ex.docs[i].id for i in picked[b].tolist()} & set(ex.gold_ids)) / max(1, len(ex.gold_ids))
+        for b, ex in enumerate(exs)
+    ) / len(exs)
 
 
 def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
@@ -96,16 +153,20 @@ def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
         n = min(len(ex.docs) for ex in exs)
         cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs]).to(model.device)  # (B, n, n_mem, H)
         k = min(cfg.k_docs, n)
-        per_q, _, z = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len)
+        per_q, scores, z = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len)
         loss = per_q.mean()
-        parts = {"ce": loss.item()}
+        parts = {"ce": loss.item(), f"recall@{k}": gold_recall(exs, z.argmax(-1))}
+        if cfg.distill_weight:
+            with torch.no_grad():  # the teacher: the generator as it is now, one candidate at a time
+                teacher = torch.stack([candidate_losses(model, ex, cand[b], cfg.distill_teacher, [d.full_text() for d in ex.docs[:n]])
+                                       for b, ex in enumerate(exs)])  # (B, n)
+            kl = distillation_kl(scores, teacher, cfg.distill_score_temperature, cfg.distill_teacher_temperature).mean()
+            loss = loss + cfg.distill_weight * kl
+            parts["distill"] = kl.item()
+            parts[f"teacher_recall@{k}"] = gold_recall(exs, (-teacher).topk(k, dim=-1).indices)
         if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
             recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
             loss, parts["recon"] = loss + recon, recon.item()
-        gold_hit = sum(
-            len({ex.docs[i].id for i in z[b].argmax(-1).tolist()} & set(ex.gold_ids)) / max(1, len(ex.gold_ids))
-            for b, ex in enumerate(exs)
-        ) / len(exs)
-        return loss, {**parts, f"recall@{k}": gold_hit}
+        return loss, parts
 
     return step
