@@ -298,6 +298,12 @@ def test_e2e_distillation_adds_the_kl_towards_the_generators_ranking(backbones):
     assert parts["distill"] == pytest.approx(kl.item(), rel=1e-4)
     assert loss.item() == pytest.approx(plain.item() + 2.0 * kl.item(), rel=1e-4)
     assert "teacher_recall@2" in parts
+    # distill_top=3: the KL over each question's 3 best-scored candidates only, their own softmaxes
+    top = scores.topk(3, dim=-1).indices
+    sub = torch.stack([e2e.candidate_losses(model, ex, cand[b, top[b]], "question") for b, ex in enumerate(exs)])
+    _, parts3 = model(e2e.make_step(TrainConfig(**{**cfg.to_dict(), "distill_top": 3}), cache), batch)
+    assert parts3["distill"] == pytest.approx(e2e.distillation_kl(scores.gather(1, top), sub, 0.1, 0.05).mean().item(), rel=1e-4)
+    assert parts3["distill"] != pytest.approx(parts["distill"], rel=1e-3)
     loss.backward()
     named = dict(model.named_parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".query_reasoner." in n)
@@ -314,7 +320,7 @@ def test_e2e_distillation_adds_the_kl_towards_the_generators_ranking(backbones):
         kls.append(parts["distill"])
     assert kls[-1] < 0.7 * kls[0]
     for bad, match in [({"distill_teacher": "labels"}, "distill_teacher"), ({"distill_weight": -1.0}, "distill_weight"),
-                       ({"distill_score_temperature": 0.0}, "distill_score_temperature")]:
+                       ({"distill_score_temperature": 0.0}, "distill_score_temperature"), ({"distill_top": 1}, "distill_top")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(stage="e2e", **bad)
 

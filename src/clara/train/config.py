@@ -56,6 +56,7 @@ class TrainConfig:
     tau: float = field(default=1.0, metadata={"help": "Temperature of the differentiable top-k (e2e)."})
     distill_weight: float = field(default=0.0, metadata={"help": "Weight of perplexity distillation (e2e; Atlas): KL from a teacher's ranking of each question's candidates (distill_teacher) to the query reasoner's (e2e.distillation_kl; 0 = the paper)."})
     distill_teacher: str = field(default="answer", metadata={"help": "What the teacher scores each candidate by, reading it alone: answer, question, question_answer (read from memory) or question_text (the plain backbone reading the text) (e2e.candidate_losses)."})
+    distill_top: int = field(default=0, metadata={"help": "Distil over each question's top candidates by the current scores only, as Atlas distils over what it retrieved (0 = all n_candidates; the teacher reads each once per step)."})
     distill_teacher_temperature: float = field(default=0.25, metadata={"help": "Temperature on the teacher's per-token losses (nats) in its softmax over candidates (at 135M they spread ~0.5 nats)."})
     distill_score_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]; at 135M a question's candidates spread ~0.04) in the query reasoner's softmax over candidates."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, task choice and dropout."})
@@ -84,6 +85,8 @@ class TrainConfig:
         for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill_top < 0 or self.distill_top == 1:
+            raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:
             raise ValueError(f"distill_teacher must be one of {TEACHERS}, got {self.distill_teacher!r}")
         for name in ("tau", "distill_teacher_temperature", "distill_score_temperature"):

@@ -157,13 +157,19 @@ def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
         loss = per_q.mean()
         parts = {"ce": loss.item(), f"recall@{k}": gold_recall(exs, z.argmax(-1))}
         if cfg.distill_weight:
-            with torch.no_grad():  # the teacher: the generator as it is now, one candidate at a time
-                teacher = torch.stack([candidate_losses(model, ex, cand[b], cfg.distill_teacher, [d.full_text() for d in ex.docs[:n]])
-                                       for b, ex in enumerate(exs)])  # (B, n)
-            kl = distillation_kl(scores, teacher, cfg.distill_score_temperature, cfg.distill_teacher_temperature).mean()
+            # the candidates distilled over: all, or each question's current top m (m, k <= m <= n)
+            m = max(k, min(cfg.distill_top or n, n))
+            top = scores.detach().topk(m, dim=-1).indices  # (B, m)
+            with torch.no_grad():  # the teacher reads each of them alone
+                teacher = torch.stack([
+                    candidate_losses(model, ex, cand[b, top[b]], cfg.distill_teacher, [ex.docs[i].full_text() for i in top[b].tolist()])
+                    for b, ex in enumerate(exs)
+                ])  # (B, m)
+            kl = distillation_kl(scores.gather(1, top), teacher, cfg.distill_score_temperature,
+                                 cfg.distill_teacher_temperature).mean()
             loss = loss + cfg.distill_weight * kl
             parts["distill"] = kl.item()
-            parts[f"teacher_recall@{k}"] = gold_recall(exs, (-teacher).topk(k, dim=-1).indices)
+            parts[f"teacher_recall@{k}"] = gold_recall(exs, top.gather(1, (-teacher).topk(k, dim=-1).indices))
         if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
             recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
             loss, parts["recon"] = loss + recon, recon.item()
