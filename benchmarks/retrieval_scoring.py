@@ -24,9 +24,10 @@ when it reads that document alone: the label-free signal an Atlas-style "perplex
 distillation" would train the query reasoner towards (it needs the answer, so it is a teacher,
 never a retriever). If it ranks worse than the query reasoner already does, distilling it
 cannot help. ``--teacher question`` ranks by the loss of writing the question instead (stage 1's
-question-writing prompt; needs no answer), ``question_answer`` by both.
+question-writing prompt; needs no answer), ``question_answer`` by both, ``question_text`` by the
+plain backbone writing the question after the document's text (UPR).
 
-    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher [answer question question_answer]] [--pool 4]
+    python benchmarks/retrieval_scoring.py [--model CKPT] [--limit 100] [--teacher [answer question question_answer question_text]] [--pool 4]
         [--data ../shared/data/nq/nq_open_oracle.jsonl.gz --setting normal]
 """
 
@@ -92,7 +93,7 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--teacher", nargs="*", choices=TEACHERS, default=None,
                     help="also rank by the generator's loss reading each document alone: on the answer (the "
-                         "default), the question (stage 1's question-writing task), or both (clara.train.e2e.candidate_losses)")
+                         "default), the question (stage 1's question-writing task), both, or the plain backbone writing the question after the text (question_text; clara.train.e2e.candidate_losses)")
     ap.add_argument("--pool", type=int, default=0, help="also max-sim over groups of this many consecutive slots")
     ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset (any format clara reads)")
     ap.add_argument("--setting", choices=SETTINGS, default="oracle")

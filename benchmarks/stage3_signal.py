@@ -13,7 +13,8 @@ script measures, as the probability that a random gold candidate beats a random 
   zeroth-order version of the same signal (``benchmarks/retrieval_scoring.py --teacher``);
 - ``teacher_question`` / ``teacher_question_answer`` (``--teacher question question_answer``): by
   the loss of writing the question (and its answer) from that candidate alone, with stage 1's
-  question-writing prompt (``clara.train.e2e.candidate_losses``).
+  question-writing prompt (``clara.train.e2e.candidate_losses``); ``teacher_question_text``: by the
+  plain backbone writing the question after the candidate's text (UPR).
 
 If ``gradient`` is near 0.5, stage 3 has nothing to learn from, whatever its learning rate.
 
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--teacher", nargs="*", choices=TEACHERS, default=None,
                     help="also rank by the generator's loss reading each candidate alone (clara.train.e2e."
-                         "candidate_losses): on the answer (a bare --teacher), the question, or both")
+                         "candidate_losses): on the answer (a bare --teacher), the question, both, or the question after the text (question_text)")
     ap.add_argument("--from-compressor", action="store_true",
                     help="start the query reasoner from the compressor, as stage 3 does (for a stage-2 checkpoint)")
     ap.add_argument("--retrieval-score", choices=SCORES, default=None,
