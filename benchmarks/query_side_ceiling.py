@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from clara import ClaraModel
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean, recall_at_k
+from clara.io import atomic_write_json
 from clara.score import score_candidates
 from clara.train import TrainConfig
 from clara.train.e2e import add_candidates
@@ -115,8 +116,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

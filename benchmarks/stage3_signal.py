@@ -34,6 +34,7 @@ import torch
 from clara import ClaraModel
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean
+from clara.io import atomic_write_json
 from clara.score import SCORES
 from clara.train.e2e import TEACHERS, answer_loss_through_topk, candidate_losses
 from clara.train.rows import load_exclusions
@@ -108,8 +109,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":
