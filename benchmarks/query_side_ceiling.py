@@ -34,7 +34,7 @@ from clara.eval.metrics import mean, recall_at_k
 from clara.io import atomic_write_json
 from clara.score import score_candidates
 from clara.train import TrainConfig
-from clara.train.e2e import add_candidates
+from clara.train.e2e import add_candidates, cache_doc_states
 from clara.train.rows import load_exclusions
 from clara.train.run import qa_data
 
@@ -56,7 +56,7 @@ def dev_recall(model: ClaraModel, dev, dev_states: list[torch.Tensor], k: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="CLaRa checkpoint (default: the shipped one)")
-    ap.add_argument("--states", type=Path, required=True, help="a stage-3 run's doc_states.safetensors (same checkpoint)")
+    ap.add_argument("--states", type=Path, required=True, help="a stage-3 run's doc_states.safetensors (same checkpoint); computed and written there when missing")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -80,7 +80,8 @@ def main() -> None:
         train = [e for e in train if own[id(e)] >= 5]
         for e in train:
             e.docs = e.docs[: own[id(e)]]
-    cache = load_file(str(args.states))
+    # a missing file is computed here (and kept): the compressor is frozen, as in stage 3
+    cache = load_file(str(args.states)) if args.states.is_file() else cache_doc_states(model, train, args.states)
     missing = sum(d.id not in cache for e in train for d in e.docs)
     if missing:
         raise SystemExit(f"{args.states} lacks {missing} candidate states: give the doc_states of a stage-3 run of this checkpoint")
