@@ -34,7 +34,7 @@ from clara.eval.metrics import mean, recall_at_k
 from clara.io import atomic_write_json
 from clara.score import score_candidates
 from clara.train import TrainConfig
-from clara.train.e2e import add_candidates, cache_doc_states
+from clara.train.e2e import add_candidates, cache_doc_states, cached_candidates
 from clara.train.rows import load_exclusions
 from clara.train.run import qa_data
 
@@ -74,12 +74,10 @@ def main() -> None:
     # stage 3's own questions and candidates (configs/default/e2e.yaml, 1,000 questions, 20 candidates)
     cfg = TrainConfig.load(E2E, ["max_rows=1000"])
     questions = qa_data(cfg, load_exclusions(cfg.exclude_ids))
-    own = {id(e): len(e.docs) for e in questions}  # before padding with other questions' documents
-    train = [e for e in add_candidates(questions, cfg.n_candidates, cfg.seed) if e.gold_ids]
     if args.hard:  # each question's own candidates only: the hard distractors the dev questions have
-        train = [e for e in train if own[id(e)] >= 5]
-        for e in train:
-            e.docs = e.docs[: own[id(e)]]
+        train = [e for e in questions if e.gold_ids and len(e.docs) >= 5]
+    else:  # padded as stage 3 pads them, so its cached states cover them
+        train = [e for e in add_candidates(questions, cfg.n_candidates, cfg.seed) if e.gold_ids]
     # a missing file is computed here (and kept): the compressor is frozen, as in stage 3
     cache = load_file(str(args.states)) if args.states.is_file() else cache_doc_states(model, train, args.states)
     missing = sum(d.id not in cache for e in train for d in e.docs)
@@ -97,9 +95,8 @@ def main() -> None:
     losses = []
     for step in range(args.steps):
         exs = [train[(step * args.batch + i) % len(train)] for i in range(args.batch)]
-        n = min(len(e.docs) for e in exs)
-        cand = torch.stack([torch.stack([cache[d.id] for d in e.docs[:n]]) for e in exs])  # (B, n, n_mem, H)
-        gold = torch.tensor([[d.id in e.gold_ids for d in e.docs[:n]] for e in exs])  # (B, n)
+        cand = cached_candidates(cache, exs)  # (B, n, n_mem, H)
+        gold = torch.tensor([[d.id in e.gold_ids for d in e.docs[: cand.shape[1]]] for e in exs])  # (B, n)
         logp = torch.log_softmax(score_candidates(model.encode_query([e.question for e in exs]), cand, "maxsim") / args.temperature, -1)
         loss = -torch.logsumexp(logp.masked_fill(~gold, float("-inf")), -1).mean()
         opt.zero_grad()

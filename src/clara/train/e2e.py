@@ -67,6 +67,12 @@ def cache_doc_states(model: ClaraModel, examples: list[QAExample], path: Path, b
     return cache
 
 
+def cached_candidates(cache: dict[str, torch.Tensor], exs: list[QAExample]) -> torch.Tensor:
+    """Each question's first n candidates' cached states, n the fewest any question has: (B, n, n_mem, H)."""
+    n = min(len(ex.docs) for ex in exs)
+    return torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs])
+
+
 def answer_loss_through_topk(
     model: ClaraModel, exs: list[QAExample], cand: torch.Tensor, k: int, tau: float, max_target_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -150,8 +156,8 @@ def gold_recall(exs: list[QAExample], picked: torch.Tensor) -> float:
 def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
-        n = min(len(ex.docs) for ex in exs)
-        cand = torch.stack([torch.stack([cache[d.id] for d in ex.docs[:n]]) for ex in exs]).to(model.device)  # (B, n, n_mem, H)
+        cand = cached_candidates(cache, exs).to(model.device)  # (B, n, n_mem, H)
+        n = cand.shape[1]
         k = min(cfg.k_docs, n)
         per_q, scores, z = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len)
         loss = per_q.mean()
