@@ -35,6 +35,7 @@ from clara.io import atomic_write_json
 from clara.score import score_candidates
 from clara.train import TrainConfig
 from clara.train.e2e import add_candidates, cache_doc_states, cached_candidates
+from clara.train.instruct import retrieval_nce
 from clara.train.rows import load_exclusions
 from clara.train.run import qa_data
 
@@ -97,8 +98,8 @@ def main() -> None:
         exs = [train[(step * args.batch + i) % len(train)] for i in range(args.batch)]
         cand = cached_candidates(cache, exs)  # (B, n, n_mem, H)
         gold = torch.tensor([[d.id in e.gold_ids for d in e.docs[: cand.shape[1]]] for e in exs])  # (B, n)
-        logp = torch.log_softmax(score_candidates(model.encode_query([e.question for e in exs]), cand, "maxsim") / args.temperature, -1)
-        loss = -torch.logsumexp(logp.masked_fill(~gold, float("-inf")), -1).mean()
+        scores = score_candidates(model.encode_query([e.question for e in exs]), cand, "maxsim")  # (B, n)
+        loss = retrieval_nce(scores, gold, args.temperature).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

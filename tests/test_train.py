@@ -183,6 +183,84 @@ def test_recon_mix_adds_reconstruction_of_a_read_document(tmp_path, backbones):
     assert losses[-1] < losses[0]
 
 
+def test_retrieval_nce_matches_hand_computation():
+    from clara.train.instruct import retrieval_nce
+
+    scores = torch.tensor([[0.9, 0.1, -0.2], [0.0, 0.5, 0.4], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1], [0.7, 0.2, 0.1]],
+                          requires_grad=True)
+    gold = torch.tensor([[False, True, True], [True, False, False], [False, False, False], [True, True, False],
+                         [True, False, True]])
+    valid = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False], [True, True, False]])
+    nce = retrieval_nce(scores, gold, temperature=0.5, valid=valid)
+    for b, n in [(0, 3), (1, 3), (4, 2)]:  # row 4: candidate 2 is padding, gold or not
+        e = [torch.exp(scores[b, i].detach() / 0.5) for i in range(n)]
+        want = -torch.log(sum(e[i] for i in range(n) if gold[b, i]) / sum(e))
+        assert nce[b].item() == pytest.approx(want.item(), rel=1e-5)
+    # no gold candidate, or only gold among the real ones: nothing to learn, 0 and not inf
+    assert nce[2].item() == 0.0 and nce[3].item() == 0.0
+    assert torch.equal(retrieval_nce(scores[:2], gold[:2], 0.5), nce[:2])  # valid defaults to all
+    nce.sum().backward()
+    assert torch.isfinite(scores.grad).all() and torch.all(scores.grad[2:4] == 0) and scores.grad[4, 2] == 0
+    # descent raises the gold candidates' scores and lowers the others'
+    assert scores.grad[0, 0] > 0 > scores.grad[0, 1] and scores.grad[1, 0] < 0 < scores.grad[4, 1]
+
+
+@pytest.mark.parametrize("kind", SCORES)
+def test_instruct_retrieval_weight_trains_the_compressor_to_rank_the_gold_documents(backbones, kind):
+    """Stage 2 with retrieval_weight: the loss adds weight x the InfoNCE of the compressor
+    encoding the question against the documents the question reads (gold positive); its
+    gradient reaches the compressor, and training on it ranks the gold documents higher."""
+    from clara.data.qa import load_qa
+    from clara.train import instruct
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["mistral"], retrieval_score=kind)).eval()  # no dropout between calls
+    perturb_lora(model)
+    model.set_trainable(("compressor", "generator"), mem_rows=True)
+    exs = load_qa(FIXTURES / "hotpot_distractor.json")[:2]
+    batch = Batch(rows=exs, indices=[0, 1], epoch=0)
+    cfg = TrainConfig(stage="instruct", k_docs=4, mse_weight=0.0, retrieval_weight=3.0, retrieval_temperature=0.1)
+    plain, _ = model(instruct.make_step(TrainConfig(**{**cfg.to_dict(), "retrieval_weight": 0.0})), batch)
+    loss, parts = model(instruct.make_step(cfg), batch)
+    with torch.no_grad():
+        docs = [instruct.read_docs(ex, 4, cfg.seed, 0, i) for i, ex in enumerate(exs)]
+        cand = torch.stack([model.compress([d.full_text() for d in ds]) for ds in docs])  # (2, 4, n_mem, H)
+        scores = score_candidates(model.compress([ex.question for ex in exs]), cand, kind)
+        gold = torch.tensor([[d.id in ex.gold_ids for d in ds] for ex, ds in zip(exs, docs)])
+        nce = instruct.retrieval_nce(scores, gold, 0.1).mean()
+    assert gold.any(-1).all() and not gold.all(-1).any()  # every question reads gold and negatives
+    assert parts["retrieval"] == pytest.approx(nce.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 3.0 * nce.item(), rel=1e-4)
+    top1 = gold.gather(1, scores.argmax(-1, keepdim=True)).float().mean().item()
+    assert parts["retrieval_top1_gold"] == pytest.approx(top1)
+    # a question reading one (gold) document, as NQ's: ranked among its own documents only, adds 0
+    single = [exs[0], exs[1], exs[0]]
+    single_docs = docs + [[d for d in docs[0] if d.id in exs[0].gold_ids][:1]]
+    per_q = [c for c in cand] + [model.compress([single_docs[2][0].full_text()])]
+    with torch.no_grad():
+        mixed, _ = instruct.retrieval_loss(model, single, single_docs, per_q, 0.1)
+    assert mixed.item() == pytest.approx(nce.item() * 2 / 3, rel=1e-4)
+    model.zero_grad()
+    instruct.retrieval_loss(model, exs, docs, list(cand.requires_grad_(False)), 0.1)[0].backward()
+    named = dict(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".compressor." in n)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in named.items() if ".generator." in n)
+
+    model.zero_grad()
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if ".compressor." in n], lr=1e-2)
+    only = TrainConfig(**{**cfg.to_dict(), "retrieval_weight": 1e3})  # the answer loss becomes negligible
+    nces = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss, parts = model(instruct.make_step(only), batch)
+        loss.backward()
+        opt.step()
+        nces.append(parts["retrieval"])
+    assert nces[-1] < 0.7 * nces[0]
+    for bad, match in [({"retrieval_weight": -1.0}, "retrieval_weight"), ({"retrieval_temperature": 0.0}, "retrieval_temperature")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(stage="instruct", **bad)
+
+
 @pytest.mark.parametrize("kind", SCORES)
 def test_e2e_gradients_reach_query_reasoner_not_compressor(backbones, kind):
     from clara.data.qa import load_qa

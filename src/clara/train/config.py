@@ -49,6 +49,8 @@ class TrainConfig:
     memory_dropout: float = field(default=0.0, metadata={"help": "Fraction of stage-1 examples whose generator reads zeroed memory (read_memory(0)), so it learns a no-document prior and info flow's zeroed baseline is calibrated (0 = the paper)."})
     recon_mix: float = field(default=0.0, metadata={"help": "Share of questions (instruct, e2e) that also train reconstruction of one document they read or rank (rehearsal of stage 1; 0 = the paper)."})
     recon_target_len: int = field(default=128, metadata={"help": "Target tokens kept per rehearsal reconstruction (recon_mix)."})
+    retrieval_weight: float = field(default=0.0, metadata={"help": "Weight of a contrastive retrieval loss in stage 2 (instruct): the compressor encodes the question and ranks the k documents it reads, multi-positive InfoNCE on the gold ones (instruct.retrieval_nce); stage 3's query reasoner starts from it (0 = the paper)."})
+    retrieval_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]) in retrieval_weight's softmax."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
@@ -82,14 +84,14 @@ class TrainConfig:
         for name in ("oracle_mix", "memory_dropout", "recon_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight"):
+        for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight", "retrieval_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_top < 0 or self.distill_top == 1:
             raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:
             raise ValueError(f"distill_teacher must be one of {TEACHERS}, got {self.distill_teacher!r}")
-        for name in ("tau", "distill_teacher_temperature", "distill_score_temperature"):
+        for name in ("tau", "distill_teacher_temperature", "distill_score_temperature", "retrieval_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name, value in self.adapter_lr.items():

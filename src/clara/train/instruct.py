@@ -9,35 +9,68 @@ reconstruction of one of the documents it read, from the states already computed
 does the same with one of its cached candidates). QA alone
 teaches the generator to pick a few answer words out of memory and it unlearns reading memory
 word by word (small backbones: docs/training.md); the rehearsal keeps that skill.
+
+``TrainConfig.retrieval_weight`` (not in the paper): the compressor also encodes the question,
+scores the k documents it reads under ``retrieval_score`` and learns, by a multi-positive
+InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first. Stage 3 copies the
+compressor into the query reasoner, so this is where its ranking starts; unlike stage 3, where
+the compressor is frozen and only the question side can move, both sides learn here.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from ..data.corpus import Document
 from ..data.qa import QAExample
 from ..model import ClaraModel
+from ..score import score_candidates
 from .batch import Batch
 from .config import TrainConfig
 from .rows import row_rng
 from .scp import with_memory_losses
 
 
-def read_set(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[str]:
-    """The k document texts a question reads: gold first, then negatives, shuffled."""
+def read_docs(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[Document]:
+    """The k documents a question reads: gold first, then negatives, shuffled."""
     rng = row_rng(seed, epoch, index)
     gold = [d for d in ex.docs if d.id in ex.gold_ids]
     rest = [d for d in ex.docs if d.id not in ex.gold_ids]
     rng.shuffle(rest)
     chosen = (gold + rest)[:k]
     rng.shuffle(chosen)
-    return [d.full_text() for d in chosen]
+    return chosen
+
+
+def read_set(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[str]:
+    """The texts of :func:`read_docs`."""
+    return [d.full_text() for d in read_docs(ex, k, seed, epoch, index)]
+
+
+def retrieval_nce(scores: torch.Tensor, gold: torch.Tensor, temperature: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-positive InfoNCE: scores (B, n), gold (B, n) bool -> (B,) = -log of the softmax mass on gold.
+
+    ``valid`` (B, n) bool marks real candidates (questions read different numbers of documents;
+    the rest is padding). A question whose candidates are all gold, or none, has nothing to
+    learn and gives 0 (not inf).
+    """
+    valid = torch.ones_like(gold) if valid is None else valid
+    gold = gold & valid
+    logp = torch.log_softmax(scores.float().masked_fill(~valid, float("-inf")) / temperature, dim=-1)
+    learns = gold.any(-1) & (valid & ~gold).any(-1)  # (B,)
+    # rows that do not learn count every candidate as gold (loss 0) rather than -logsumexp(-inf) = inf,
+    # whose backward would be NaN even when masked out afterwards
+    positive = torch.where(learns.unsqueeze(-1), gold, valid)
+    nll = -torch.logsumexp(logp.masked_fill(~positive, float("-inf")), dim=-1)
+    return nll * learns
 
 
 def make_step(cfg: TrainConfig):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
-        sets = [read_set(ex, cfg.k_docs, cfg.seed, batch.epoch, i) for ex, i in zip(exs, batch.indices)]
+        docs = [read_docs(ex, cfg.k_docs, cfg.seed, batch.epoch, i) for ex, i in zip(exs, batch.indices)]
+        sets = [[d.full_text() for d in ds] for ds in docs]
         flat = [t for s in sets for t in s]
         states, text_mean = model.compress_with_text_mean(flat)  # (sum k, n_mem, H), (sum k, H)
         per_q, start = [], 0
@@ -51,9 +84,34 @@ def make_step(cfg: TrainConfig):
         loss, parts = with_memory_losses(model, cfg, ce if recon is None else ce + recon, flat, states, text_mean)
         if recon is not None:
             parts["recon"] = recon.item()
+        if cfg.retrieval_weight:
+            nce, recall1 = retrieval_loss(model, exs, docs, per_q, cfg.retrieval_temperature)
+            loss = loss + cfg.retrieval_weight * nce
+            parts["retrieval"], parts["retrieval_top1_gold"] = nce.item(), recall1
         return loss, parts
 
     return step
+
+
+def retrieval_loss(
+    model: ClaraModel, exs: list[QAExample], docs: list[list[Document]], per_q: list[torch.Tensor], temperature: float
+) -> tuple[torch.Tensor, float]:
+    """The compressor encodes each question and ranks the documents it reads (``per_q[i]``:
+    (k_i, n_mem, H)); mean :func:`retrieval_nce` over the batch's questions (0 for those that
+    read only gold documents, as NQ's single passage), and the share of the batch's questions
+    that read a negative and rank a gold document first (a log).
+    """
+    n = max(len(s) for s in per_q)
+    q = model.compress([ex.question for ex in exs])  # (B, n_mem, H): stage 3's query reasoner starts here
+    cand = torch.stack([F.pad(s, (0, 0, 0, 0, 0, n - len(s))) for s in per_q])  # (B, n, n_mem, H), zero padded
+    valid = torch.tensor([[i < len(s) for i in range(n)] for s in per_q], device=cand.device)
+    gold = torch.tensor([[i < len(ds) and ds[i].id in ex.gold_ids for i in range(n)] for ex, ds in zip(exs, docs)],
+                        device=cand.device)
+    scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n); padding masked in retrieval_nce
+    learns = gold.any(-1) & (valid & ~gold).any(-1)
+    top = scores.masked_fill(~valid, float("-inf")).argmax(-1, keepdim=True)
+    top1 = (gold.gather(1, top).squeeze(-1) & learns).float().mean().item()
+    return retrieval_nce(scores, gold, temperature, valid).mean(), top1
 
 
 def rehearsal_ce(
