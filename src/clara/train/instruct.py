@@ -48,6 +48,11 @@ def read_set(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[s
     return [d.full_text() for d in read_docs(ex, k, seed, epoch, index)]
 
 
+def learnable(gold: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool gold and valid -> (B,): the questions with a gold and a non-gold real candidate."""
+    return (gold & valid).any(-1) & (valid & ~gold).any(-1)
+
+
 def retrieval_nce(scores: torch.Tensor, gold: torch.Tensor, temperature: float, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-positive InfoNCE: scores (B, n), gold (B, n) bool -> (B,) = -log of the softmax mass on gold.
 
@@ -58,7 +63,7 @@ def retrieval_nce(scores: torch.Tensor, gold: torch.Tensor, temperature: float, 
     valid = torch.ones_like(gold) if valid is None else valid
     gold = gold & valid
     logp = torch.log_softmax(scores.float().masked_fill(~valid, float("-inf")) / temperature, dim=-1)
-    learns = gold.any(-1) & (valid & ~gold).any(-1)  # (B,)
+    learns = learnable(gold, valid)  # (B,)
     # rows that do not learn count every candidate as gold (loss 0) rather than -logsumexp(-inf) = inf,
     # whose backward would be NaN even when masked out afterwards
     positive = torch.where(learns.unsqueeze(-1), gold, valid)
@@ -73,10 +78,7 @@ def make_step(cfg: TrainConfig):
         sets = [[d.full_text() for d in ds] for ds in docs]
         flat = [t for s in sets for t in s]
         states, text_mean = model.compress_with_text_mean(flat)  # (sum k, n_mem, H), (sum k, H)
-        per_q, start = [], 0
-        for s in sets:
-            per_q.append(states[start : start + len(s)])
-            start += len(s)
+        per_q = list(states.split([len(s) for s in sets]))  # (k_i, n_mem, H) each
         prompts = model.answer_prompts([ex.question for ex in exs], [len(s) for s in sets])
         ce = model.generator_loss(prompts, [ex.answers[0] for ex in exs], per_q, max_target_len=cfg.max_target_len, per_example=True
         ).mean()
@@ -108,7 +110,7 @@ def retrieval_loss(
     gold = torch.tensor([[i < len(ds) and ds[i].id in ex.gold_ids for i in range(n)] for ex, ds in zip(exs, docs)],
                         device=cand.device)
     scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n); padding masked in retrieval_nce
-    learns = gold.any(-1) & (valid & ~gold).any(-1)
+    learns = learnable(gold, valid)
     top = scores.masked_fill(~valid, float("-inf")).argmax(-1, keepdim=True)
     top1 = (gold.gather(1, top).squeeze(-1) & learns).float().mean().item()
     return retrieval_nce(scores, gold, temperature, valid).mean(), top1
