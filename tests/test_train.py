@@ -403,6 +403,26 @@ def test_e2e_distillation_adds_the_kl_towards_the_generators_ranking(backbones):
             TrainConfig(stage="e2e", **bad)
 
 
+def test_e2e_without_query_reasoner_training_keeps_the_compressors_ranking(tmp_path, backbones):
+    """train_query_reasoner=False: stage 3 still copies the compressor into the query reasoner,
+    then trains only the generator, so the query reasoner ends equal to the compressor (it ranks
+    as the compressor does) while the generator learns. Distillation needs it trained: refused."""
+    train(qa_cfg(tmp_path, "instruct", backbone=backbones["qwen2"], max_steps=2))
+    init = str(tmp_path / "instruct" / "final")
+    train(qa_cfg(tmp_path, "e2e", init=init, lr=1e-2, train_query_reasoner=False, max_steps=4))
+    start = ClaraModel.from_pretrained(init)
+    end = ClaraModel.from_pretrained(tmp_path / "e2e" / "final")
+    for c, q in zip(end.adapter_parameters("compressor"), end.adapter_parameters("query_reasoner")):
+        assert torch.equal(c, q)
+    assert any(not torch.equal(c, q) for c, q in  # stage 2 left them different: the copy happened
+               zip(start.adapter_parameters("compressor"), start.adapter_parameters("query_reasoner")))
+    assert any(not torch.equal(a, b) for a, b in zip(end.adapter_parameters("generator"), start.adapter_parameters("generator")))
+    losses = [m["loss"] for m in metrics(tmp_path / "e2e")]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="distill_weight trains the query reasoner"):
+        TrainConfig(stage="e2e", distill_weight=1.0, train_query_reasoner=False)
+
+
 def test_adapter_lr_trains_each_adapter_at_its_own_rate(tmp_path, backbones):
     """Stage 3 with adapter_lr={query_reasoner: 1e-2} and lr=1e-9: after the run the query
     reasoner has moved far, the generator by no more than its own tiny rate allows. Unknown

@@ -53,6 +53,7 @@ class TrainConfig:
     retrieval_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]) in retrieval_weight's softmax."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
+    train_query_reasoner: bool = field(default=True, metadata={"help": "Train the query reasoner in stage 3 (e2e; False: it stays the copy of the compressor it starts as, and only the generator trains, reading its top k)."})
     k_docs: int = field(default=5, metadata={"help": "Documents read per question (instruct) / selected top-k (e2e)."})
     n_candidates: int = field(default=20, metadata={"help": "Candidate documents per question (e2e)."})
     tau: float = field(default=1.0, metadata={"help": "Temperature of the differentiable top-k (e2e)."})
@@ -87,6 +88,8 @@ class TrainConfig:
         for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight", "retrieval_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill_weight and not self.train_query_reasoner:
+            raise ValueError("distill_weight trains the query reasoner; it needs train_query_reasoner=true")
         if self.distill_top < 0 or self.distill_top == 1:
             raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:

@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
         # the query reasoner starts as a copy of the compressor (CLARA.md section 5)
         model.init_query_reasoner_from_compressor()
         # compressor and memory rows stay frozen: cached document states stay valid
-        model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
+        model.set_trainable(("query_reasoner", "generator") if cfg.train_query_reasoner else ("generator",), mem_rows=False)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         cache = e2e.cache_doc_states(model, data, Path(cfg.output_dir) / "doc_states.safetensors")
         step = e2e.make_step(cfg, cache)
