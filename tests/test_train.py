@@ -205,6 +205,40 @@ def test_retrieval_nce_matches_hand_computation():
     assert scores.grad[0, 0] > 0 > scores.grad[0, 1] and scores.grad[1, 0] < 0 < scores.grad[4, 1]
 
 
+def test_retrieval_docs_ranks_more_of_the_questions_candidates_than_it_reads(backbones):
+    """retrieval_docs=5 with k_docs=3: each question ranks the 3 documents it reads and 2 more of
+    its own candidates (distinct, seeded); the InfoNCE is over all 5, the answer loss unchanged."""
+    import dataclasses
+
+    from clara.data.qa import load_qa
+    from clara.train import instruct
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"])).eval()
+    perturb_lora(model)
+    a, b = load_qa(FIXTURES / "hotpot_distractor.json")[:2]
+    exs = [dataclasses.replace(a, docs=a.docs + b.docs), dataclasses.replace(b, docs=b.docs + a.docs)]  # 6 candidates each
+    batch = Batch(rows=exs, indices=[0, 1], epoch=0)
+    cfg = TrainConfig(stage="instruct", k_docs=3, mse_weight=0.0, retrieval_weight=2.0, retrieval_docs=5, retrieval_temperature=0.1)
+    loss, parts = model(instruct.make_step(cfg), batch)
+    plain, _ = model(instruct.make_step(TrainConfig(**{**cfg.to_dict(), "retrieval_weight": 0.0})), batch)
+    with torch.no_grad():
+        read = [instruct.read_docs(ex, 3, cfg.seed, 0, i) for i, ex in enumerate(exs)]
+        ranked = [instruct.ranked_docs(ex, r, 5, cfg.seed, 0, i) for i, (ex, r) in enumerate(zip(exs, read))]
+        cand = torch.stack([model.compress([d.full_text() for d in ds]) for ds in ranked])  # (2, 5, n_mem, H)
+        scores = score_candidates(model.compress([ex.question for ex in exs]), cand, model.config.retrieval_score)
+        gold = torch.tensor([[d.id in ex.gold_ids for d in ds] for ex, ds in zip(exs, ranked)])
+        nce = instruct.retrieval_nce(scores, gold, 0.1).mean()
+    for ex, r, ds in zip(exs, read, ranked):
+        assert ds[:3] == r and len({d.id for d in ds}) == 5 and {d.id for d in ds} <= {d.id for d in ex.docs}
+    assert parts["retrieval"] == pytest.approx(nce.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * nce.item(), rel=1e-4)
+    # fewer candidates than asked for: all of them, no repeats; 0 = the documents read
+    assert sorted(d.id for d in instruct.ranked_docs(exs[0], read[0], 99, 0, 0, 0)) == sorted(d.id for d in exs[0].docs)
+    assert instruct.ranked_docs(exs[0], read[0], 0, 0, 0, 0) == read[0]
+    with pytest.raises(ValueError, match="retrieval_docs"):
+        TrainConfig(retrieval_docs=-1)
+
+
 @pytest.mark.parametrize("kind", SCORES)
 def test_instruct_retrieval_weight_trains_the_compressor_to_rank_the_gold_documents(backbones, kind):
     """Stage 2 with retrieval_weight: the loss adds weight x the InfoNCE of the compressor

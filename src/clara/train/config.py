@@ -50,6 +50,7 @@ class TrainConfig:
     recon_mix: float = field(default=0.0, metadata={"help": "Share of questions (instruct, e2e) that also train reconstruction of one document they read or rank (rehearsal of stage 1; 0 = the paper)."})
     recon_target_len: int = field(default=128, metadata={"help": "Target tokens kept per rehearsal reconstruction (recon_mix)."})
     retrieval_weight: float = field(default=0.0, metadata={"help": "Weight of a contrastive retrieval loss in stage 2 (instruct): the compressor encodes the question and ranks the k documents it reads, multi-positive InfoNCE on the gold ones (instruct.retrieval_nce); stage 3's query reasoner starts from it (0 = the paper)."})
+    retrieval_docs: int = field(default=0, metadata={"help": "Documents each question ranks in retrieval_weight's loss: the k it reads, then more of its own candidates up to this many, compressed for ranking only (0 = the k read)."})
     retrieval_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]) in retrieval_weight's softmax."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})
@@ -90,6 +91,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_weight and not self.train_query_reasoner:
             raise ValueError("distill_weight trains the query reasoner; it needs train_query_reasoner=true")
+        if self.retrieval_docs < 0:
+            raise ValueError(f"retrieval_docs must be >= 0, got {self.retrieval_docs}")
         if self.distill_top < 0 or self.distill_top == 1:
             raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:

@@ -12,7 +12,8 @@ word by word (small backbones: docs/training.md); the rehearsal keeps that skill
 
 ``TrainConfig.retrieval_weight`` (not in the paper): the compressor also encodes the question,
 scores the k documents it reads under ``retrieval_score`` and learns, by a multi-positive
-InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first. Stage 3 copies the
+InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first (``retrieval_docs`` adds more of the question's own candidates, compressed
+for the ranking only, so it sees the distractors stage 3 and evaluation rank). Stage 3 copies the
 compressor into the query reasoner, so this is where its ranking starts; unlike stage 3, where
 the compressor is frozen and only the question side can move, both sides learn here.
 """
@@ -41,6 +42,15 @@ def read_docs(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[
     chosen = (gold + rest)[:k]
     rng.shuffle(chosen)
     return chosen
+
+
+def ranked_docs(ex: QAExample, read: list[Document], n: int, seed: int, epoch: int, index: int) -> list[Document]:
+    """The documents a question ranks in the retrieval loss: the ones it reads, then up to
+    n in all with more of its own candidates, in a seeded order (n <= len(read): just those read)."""
+    ids = {d.id for d in read}
+    rest = [d for d in ex.docs if d.id not in ids]
+    row_rng(seed + 3, epoch, index).shuffle(rest)
+    return read + rest[: max(0, n - len(read))]
 
 
 def read_set(ex: QAExample, k: int, seed: int, epoch: int, index: int) -> list[str]:
@@ -87,7 +97,13 @@ def make_step(cfg: TrainConfig):
         if recon is not None:
             parts["recon"] = recon.item()
         if cfg.retrieval_weight:
-            nce, recall1 = retrieval_loss(model, exs, docs, per_q, cfg.retrieval_temperature)
+            ranked = [ranked_docs(ex, ds, cfg.retrieval_docs, cfg.seed, batch.epoch, i)
+                      for ex, ds, i in zip(exs, docs, batch.indices)]
+            extra = [d.full_text() for ds, rs in zip(docs, ranked) for d in rs[len(ds):]]
+            if extra:  # compressed for the ranking only: no generator, MSE or anchoring loss reads them
+                more = model.compress(extra).split([len(rs) - len(ds) for ds, rs in zip(docs, ranked)])
+                per_q = [torch.cat([s, m]) for s, m in zip(per_q, more)]
+            nce, recall1 = retrieval_loss(model, exs, ranked, per_q, cfg.retrieval_temperature)
             loss = loss + cfg.retrieval_weight * nce
             parts["retrieval"], parts["retrieval_top1_gold"] = nce.item(), recall1
         return loss, parts
@@ -98,8 +114,8 @@ def make_step(cfg: TrainConfig):
 def retrieval_loss(
     model: ClaraModel, exs: list[QAExample], docs: list[list[Document]], per_q: list[torch.Tensor], temperature: float
 ) -> tuple[torch.Tensor, float]:
-    """The compressor encodes each question and ranks the documents it reads (``per_q[i]``:
-    (k_i, n_mem, H)); mean :func:`retrieval_nce` over the batch's questions (0 for those that
+    """The compressor encodes each question and ranks its documents ``docs[i]`` (states
+    ``per_q[i]``: (n_i, n_mem, H); those it reads, and more with ``retrieval_docs``); mean :func:`retrieval_nce` over the batch's questions (0 for those that
     read only gold documents, as NQ's single passage), and the share of the batch's questions
     that read a negative and rank a gold document first (a log).
     """
