@@ -239,6 +239,42 @@ def test_retrieval_docs_ranks_more_of_the_questions_candidates_than_it_reads(bac
         TrainConfig(retrieval_docs=-1)
 
 
+def test_retrieval_in_batch_ranks_the_other_questions_documents_as_negatives(backbones):
+    """retrieval_in_batch: each question ranks its own documents and the batch's others; a
+    question reading only its gold passage (NQ) now has negatives and a loss, and another
+    question's copy of a document it reads is not counted twice."""
+    import dataclasses
+
+    from clara.data.qa import load_qa
+    from clara.score import score
+    from clara.train import instruct
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"])).eval()
+    perturb_lora(model)
+    a, b = load_qa(FIXTURES / "hotpot_distractor.json")[:2]
+    nq = dataclasses.replace(b, id="nq1", docs=[d for d in b.docs if d.id in b.gold_ids][:1])  # one gold passage
+    exs = [a, nq, dataclasses.replace(a, id="a2")]  # the third reads a's documents again
+    docs = [a.docs, nq.docs, a.docs]
+    per_q = [model.compress([d.full_text() for d in ds]) for ds in docs]
+    with torch.no_grad():
+        alone, _ = instruct.retrieval_loss(model, exs, docs, per_q, 0.1)
+        nce, top1 = instruct.retrieval_loss(model, exs, docs, per_q, 0.1, in_batch=True)
+        flat = torch.cat(per_q)  # (7, n_mem, H): a's 3, nq's 1, a's 3 again
+        scores = score(model.compress([ex.question for ex in exs]), flat, model.config.retrieval_score)  # (3, 7)
+    own_a, other_a = [0, 1, 2, 3], [3, 4, 5, 6]  # each copy of a ranks its own 3 and nq's passage
+    gold_a = [d.id in a.gold_ids for d in a.docs]
+    expected = torch.stack([
+        instruct.retrieval_nce(scores[0:1, own_a], torch.tensor([gold_a + [False]]), 0.1),
+        instruct.retrieval_nce(scores[1:2, :4], torch.tensor([[False] * 3 + [True]]), 0.1),  # one copy of a's 3
+        instruct.retrieval_nce(scores[2:3, other_a], torch.tensor([[False] + gold_a]), 0.1),
+    ]).mean()
+    assert nce.item() == pytest.approx(expected.item(), rel=1e-5)
+    single = instruct.retrieval_nce(scores[1:2, :4], torch.tensor([[False] * 3 + [True]]), 0.1)
+    assert single.item() > 0  # the single-passage question learns only with in-batch negatives
+    assert alone.item() == pytest.approx(instruct.retrieval_nce(scores[0:1, :3], torch.tensor([gold_a]), 0.1).item() * 2 / 3, rel=1e-5)
+    assert 0.0 <= top1 <= 1.0
+
+
 @pytest.mark.parametrize("kind", SCORES)
 def test_instruct_retrieval_weight_trains_the_compressor_to_rank_the_gold_documents(backbones, kind):
     """Stage 2 with retrieval_weight: the loss adds weight x the InfoNCE of the compressor

@@ -51,6 +51,7 @@ class TrainConfig:
     recon_target_len: int = field(default=128, metadata={"help": "Target tokens kept per rehearsal reconstruction (recon_mix)."})
     retrieval_weight: float = field(default=0.0, metadata={"help": "Weight of a contrastive retrieval loss in stage 2 (instruct): the compressor encodes the question and ranks the k documents it reads, multi-positive InfoNCE on the gold ones (instruct.retrieval_nce); stage 3's query reasoner starts from it (0 = the paper)."})
     retrieval_docs: int = field(default=0, metadata={"help": "Documents each question ranks in retrieval_weight's loss: the k it reads, then more of its own candidates up to this many, compressed for ranking only (0 = the k read)."})
+    retrieval_in_batch: bool = field(default=False, metadata={"help": "Also rank the batch's other questions' documents as negatives in retrieval_weight's loss (in-batch negatives), so questions reading only gold (NQ) learn too."})
     retrieval_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]) in retrieval_weight's softmax."})
     max_target_len: int = field(default=256, metadata={"help": "Target tokens kept per example."})
     train_generator: bool = field(default=True, metadata={"help": "Train the generator adapter (False: ICAE-style frozen decoder)."})

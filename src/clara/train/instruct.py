@@ -13,7 +13,8 @@ word by word (small backbones: docs/training.md); the rehearsal keeps that skill
 ``TrainConfig.retrieval_weight`` (not in the paper): the compressor also encodes the question,
 scores the k documents it reads under ``retrieval_score`` and learns, by a multi-positive
 InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first (``retrieval_docs`` adds more of the question's own candidates, compressed
-for the ranking only, so it sees the distractors stage 3 and evaluation rank). Stage 3 copies the
+for the ranking only, so it sees the distractors stage 3 and evaluation rank; ``retrieval_in_batch``
+adds the batch's other questions' documents as negatives, so NQ's single-passage questions learn too). Stage 3 copies the
 compressor into the query reasoner, so this is where its ranking starts; unlike stage 3, where
 the compressor is frozen and only the question side can move, both sides learn here.
 """
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from ..data.corpus import Document
 from ..data.qa import QAExample
 from ..model import ClaraModel
-from ..score import score_candidates
+from ..score import score, score_candidates
 from .batch import Batch
 from .config import TrainConfig
 from .rows import row_rng
@@ -103,7 +104,7 @@ def make_step(cfg: TrainConfig):
             if extra:  # compressed for the ranking only: no generator, MSE or anchoring loss reads them
                 more = model.compress(extra).split([len(rs) - len(ds) for ds, rs in zip(docs, ranked)])
                 per_q = [torch.cat([s, m]) for s, m in zip(per_q, more)]
-            nce, recall1 = retrieval_loss(model, exs, ranked, per_q, cfg.retrieval_temperature)
+            nce, recall1 = retrieval_loss(model, exs, ranked, per_q, cfg.retrieval_temperature, cfg.retrieval_in_batch)
             loss = loss + cfg.retrieval_weight * nce
             parts["retrieval"], parts["retrieval_top1_gold"] = nce.item(), recall1
         return loss, parts
@@ -112,20 +113,36 @@ def make_step(cfg: TrainConfig):
 
 
 def retrieval_loss(
-    model: ClaraModel, exs: list[QAExample], docs: list[list[Document]], per_q: list[torch.Tensor], temperature: float
+    model: ClaraModel, exs: list[QAExample], docs: list[list[Document]], per_q: list[torch.Tensor], temperature: float,
+    in_batch: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """The compressor encodes each question and ranks its documents ``docs[i]`` (states
-    ``per_q[i]``: (n_i, n_mem, H); those it reads, and more with ``retrieval_docs``); mean :func:`retrieval_nce` over the batch's questions (0 for those that
-    read only gold documents, as NQ's single passage), and the share of the batch's questions
-    that read a negative and rank a gold document first (a log).
+    ``per_q[i]``: (n_i, n_mem, H); those it reads, and more with ``retrieval_docs``); with
+    ``in_batch``, the batch's other questions' documents too, as negatives (DPR's in-batch
+    negatives: a question reading only its gold passage, as NQ's, then learns as well). Returns
+    the mean :func:`retrieval_nce` over the batch's questions (0 for those with no gold or no
+    negative candidate) and the share of them that rank a gold document first (a log).
     """
-    n = max(len(s) for s in per_q)
     q = model.compress([ex.question for ex in exs])  # (B, n_mem, H): stage 3's query reasoner starts here
-    cand = torch.stack([F.pad(s, (0, 0, 0, 0, 0, n - len(s))) for s in per_q])  # (B, n, n_mem, H), zero padded
-    valid = torch.tensor([[i < len(s) for i in range(n)] for s in per_q], device=cand.device)
-    gold = torch.tensor([[i < len(ds) and ds[i].id in ex.gold_ids for i in range(n)] for ex, ds in zip(exs, docs)],
-                        device=cand.device)
-    scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n); padding masked in retrieval_nce
+    dev = q.device
+    if in_batch:
+        flat = torch.cat(per_q)  # (N, n_mem, H): every document of the batch
+        owner = [i for i, s in enumerate(per_q) for _ in range(len(s))]
+        ids = [d.id for ds in docs for d in ds]
+        own = [{d.id for d in ds} for ds in docs]
+        first = {i: j for j, i in reversed(list(enumerate(ids)))}  # id -> its first position
+        # each document once per question: its own copy, else the batch's first
+        valid = torch.tensor([[owner[j] == i or (ids[j] not in own[i] and first[ids[j]] == j) for j in range(len(ids))]
+                              for i in range(len(exs))], device=dev)
+        gold = torch.tensor([[ids[j] in ex.gold_ids for j in range(len(ids))] for ex in exs], device=dev) & valid
+        scores = score(q, flat, model.config.retrieval_score)  # (B, N)
+    else:
+        n = max(len(s) for s in per_q)
+        cand = torch.stack([F.pad(s, (0, 0, 0, 0, 0, n - len(s))) for s in per_q])  # (B, n, n_mem, H), zero padded
+        valid = torch.tensor([[i < len(s) for i in range(n)] for s in per_q], device=dev)
+        gold = torch.tensor([[i < len(ds) and ds[i].id in ex.gold_ids for i in range(n)] for ex, ds in zip(exs, docs)],
+                            device=dev)
+        scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n); padding masked in retrieval_nce
     learns = learnable(gold, valid)
     top = scores.masked_fill(~valid, float("-inf")).argmax(-1, keepdim=True)
     top1 = (gold.gather(1, top).squeeze(-1) & learns).float().mean().item()
