@@ -19,8 +19,13 @@ cpu="batch_size=4 mixed_precision=no"
 clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
     model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
 stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_minutes stop
-extra2=""
-extra3=""
+# ratio 16 (session 15): stage 2 also trains the compressor to rank (the question encoded by the
+# compressor, InfoNCE on the gold documents among all 10 of a question's paragraphs and the
+# batch's other documents; the compressor at 1e-3), and stage 3 keeps that ranking: the query
+# reasoner stays the compressor's copy, only the generator trains
+extra2="model.retrieval_score=maxsim retrieval_weight=1.0 retrieval_docs=10 retrieval_in_batch=true adapter_lr.compressor=1e-3"
+extra3="train_query_reasoner=false"
+steps2=240
 if [ "$RATIO" = 4 ]; then
     # stage 1c: widened to 32 memory tokens (each <MEMi> row repeated), half of the examples
     # read the span means (the oracle) instead of the compressor's memory
@@ -32,12 +37,13 @@ if [ "$RATIO" = 4 ]; then
     stage1=runs/scp4_span/final
     extra2="span_weight=2.0 recon_mix=0.5"  # stage 2 keeps the span loss; stages 2 and 3 rehearse reconstruction
     extra3="recon_mix=0.5"  # as run in session 9; its query reasoner retrieved far worse (docs/training.md)
+    steps2=120
 fi
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
-    $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-120} save_every=20 log_every=5
-# stage 3: query reasoner + generator through differentiable top-k over 20 cached candidates,
-# scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
+    $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-$steps2} save_every=20 log_every=5
+# stage 3: generator (and, at ratio 4, query reasoner) through differentiable top-k over 20 cached
+# candidates, scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
     $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim $extra3
 # the fair full-text baseline: the same recipe as stage 2, reading raw text
