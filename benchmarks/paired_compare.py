@@ -1,0 +1,95 @@
+"""Paired comparison of two `clara eval` runs on the same questions: mean per-question
+difference of a score (F1 by default) with a bootstrap 95% interval.
+
+One question is one point of EM at 100 questions, and two systems answering the same questions
+are correlated, so their difference is measured question by question (A - B) and resampled
+over questions, not read off two independent means.
+
+    python benchmarks/paired_compare.py RUN_A RUN_B [--system-a clara] [--system-b full-text-lora] [--metric f1]
+    python benchmarks/paired_compare.py --pairs PAIRS.json --out results.json   # [{"name", "a", "b"}, ...]
+
+RUN_A / RUN_B: `clara eval -o` folders (their predictions.jsonl) or predictions files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from clara.io import atomic_write_json
+
+
+def load_scores(run: Path, system: str | None, metric: str) -> dict[str, float]:
+    """Question id -> score (in percent) of one system in an eval run's predictions."""
+    path = run / "predictions.jsonl" if run.is_dir() else run
+    scores: dict[str, float] = {}
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{path}:{n}: malformed JSON ({err.msg})") from None
+            if system and row.get("system") != system:
+                continue
+            if metric not in row.get("scores", {}):
+                raise SystemExit(f"{path}:{n}: no score {metric!r} (have {sorted(row.get('scores', {}))})")
+            scores[row["id"]] = 100.0 * row["scores"][metric]
+    if not scores:
+        raise SystemExit(f"{path}: no predictions" + (f" of system {system!r}" if system else ""))
+    return scores
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of a - b over the questions both answered, and a percentile bootstrap 95% interval."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise SystemExit("the two runs share no question id")
+    diffs = [a[i] - b[i] for i in ids]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(samples))
+    return {
+        "questions": len(ids),
+        "mean_a": round(sum(a[i] for i in ids) / len(ids), 2),
+        "mean_b": round(sum(b[i] for i in ids) / len(ids), 2),
+        "mean_diff": round(sum(diffs) / len(diffs), 2),
+        "ci95": [round(means[int(0.025 * samples)], 2), round(means[int(0.975 * samples) - 1], 2)],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a", type=Path, nargs="?", help="eval run (or predictions.jsonl) A")
+    ap.add_argument("b", type=Path, nargs="?", help="eval run (or predictions.jsonl) B")
+    ap.add_argument("--system-a", default=None, help="system of run A (default: every row)")
+    ap.add_argument("--system-b", default=None, help="system of run B (default: every row)")
+    ap.add_argument("--pairs", type=Path, default=None, help='JSON list of {"name", "a", "b", "system_a"?, "system_b"?}')
+    ap.add_argument("--metric", default="f1", help="a per-question score of predictions.jsonl: f1, em, recall@5, ...")
+    ap.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.pairs:
+        pairs = json.loads(args.pairs.read_text())
+    elif args.a and args.b:
+        pairs = [{"name": f"{args.a} - {args.b}", "a": str(args.a), "b": str(args.b),
+                  "system_a": args.system_a, "system_b": args.system_b}]
+    else:
+        ap.error("give RUN_A RUN_B or --pairs")
+    results = []
+    for p in pairs:
+        a = load_scores(Path(p["a"]), p.get("system_a"), args.metric)
+        b = load_scores(Path(p["b"]), p.get("system_b"), args.metric)
+        r = {"name": p["name"], "a": p["a"], "b": p["b"], "metric": args.metric, **paired_difference(a, b, args.samples)}
+        results.append(r)
+        print(f"{r['name']}: {args.metric} {r['mean_a']} vs {r['mean_b']}, A - B = {r['mean_diff']:+.2f} "
+              f"(95% CI {r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f}; {r['questions']} questions)")
+    if args.out:
+        atomic_write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
