@@ -12,11 +12,13 @@ word by word (small backbones: docs/training.md); the rehearsal keeps that skill
 
 ``TrainConfig.retrieval_weight`` (not in the paper): the compressor also encodes the question,
 scores the k documents it reads under ``retrieval_score`` and learns, by a multi-positive
-InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first (``retrieval_docs`` adds more of the question's own candidates, compressed
-for the ranking only, so it sees the distractors stage 3 and evaluation rank; ``retrieval_in_batch``
-adds the batch's other questions' documents as negatives, so NQ's single-passage questions learn too). Stage 3 copies the
-compressor into the query reasoner, so this is where its ranking starts; unlike stage 3, where
-the compressor is frozen and only the question side can move, both sides learn here.
+InfoNCE on the gold ones (:func:`retrieval_nce`), to rank them first. ``retrieval_docs`` adds
+more of the question's own candidates, compressed for the ranking only, so it sees the
+distractors stage 3 and evaluation rank; ``retrieval_in_batch`` adds the batch's other
+questions' documents as negatives, so NQ's single-passage questions learn too. Stage 3 copies
+the compressor into the query reasoner, so this is where its ranking starts; unlike stage 3,
+where the compressor is frozen and only the question side can move, both sides learn here
+(the shipped default then keeps that ranking: ``train_query_reasoner=false``).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def retrieval_loss(
         owner = [i for i, s in enumerate(per_q) for _ in range(len(s))]
         ids = [d.id for ds in docs for d in ds]
         own = [{d.id for d in ds} for ds in docs]
-        first = {i: j for j, i in reversed(list(enumerate(ids)))}  # id -> its first position
+        first = {doc_id: j for j, doc_id in reversed(list(enumerate(ids)))}  # id -> its first position
         # each document once per question: its own copy, else the batch's first
         valid = torch.tensor([[owner[j] == i or (ids[j] not in own[i] and first[ids[j]] == j) for j in range(len(ids))]
                               for i in range(len(exs))], device=dev)
