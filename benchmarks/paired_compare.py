@@ -19,26 +19,19 @@ import random
 from pathlib import Path
 from typing import Any
 
-from clara.io import atomic_write_json
+from clara.io import DataError, atomic_write_json, read_jsonl
 
 
 def load_scores(run: Path, system: str | None, metric: str) -> dict[str, float]:
     """Question id -> score (in percent) of one system in an eval run's predictions."""
     path = run / "predictions.jsonl" if run.is_dir() else run
     scores: dict[str, float] = {}
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{n}: malformed JSON ({err.msg})") from None
-            if system and row.get("system") != system:
-                continue
-            if metric not in row.get("scores", {}):
-                raise SystemExit(f"{path}:{n}: no score {metric!r} (have {sorted(row.get('scores', {}))})")
-            scores[row["id"]] = 100.0 * row["scores"][metric]
+    for n, row in read_jsonl(path):  # malformed lines raise DataError naming file and line
+        if system and row.get("system") != system:
+            continue
+        if metric not in row.get("scores", {}):
+            raise SystemExit(f"{path}:{n}: no score {metric!r} (have {sorted(row.get('scores', {}))})")
+        scores[row["id"]] = 100.0 * row["scores"][metric]
     if not scores:
         raise SystemExit(f"{path}: no predictions" + (f" of system {system!r}" if system else ""))
     return scores
@@ -81,8 +74,11 @@ def main() -> None:
         ap.error("give RUN_A RUN_B or --pairs")
     results = []
     for p in pairs:
-        a = load_scores(Path(p["a"]), p.get("system_a"), args.metric)
-        b = load_scores(Path(p["b"]), p.get("system_b"), args.metric)
+        try:
+            a = load_scores(Path(p["a"]), p.get("system_a"), args.metric)
+            b = load_scores(Path(p["b"]), p.get("system_b"), args.metric)
+        except DataError as err:
+            raise SystemExit(str(err)) from None
         r = {"name": p["name"], "a": p["a"], "b": p["b"], "metric": args.metric, **paired_difference(a, b, args.samples)}
         results.append(r)
         print(f"{r['name']}: {args.metric} {r['mean_a']} vs {r['mean_b']}, A - B = {r['mean_diff']:+.2f} "
