@@ -4,6 +4,11 @@ The SCP file keeps its name: its rows' ids ("clara_pretrain_qa_1k:LINE") are wha
 (splits/dev.json) lists, so a renamed copy would put the dev documents back into training.
 recon.jsonl holds passages for reconstruction rows: the 2Wiki corpus plus the candidate
 paragraphs of the QA training questions, minus every dev-split title.
+2wiki_corpus/ holds the 2Wiki questions over their passage corpus (questions_1000.json,
+corpus_6119.json) as stage-2 training data: minus the questions that are also in
+dev_500.jsonl (the dev split's or already trained on), minus those with a dev-split title
+among their evidence, and the corpus minus every dev-split title, so neither gold passages
+nor BM25 negatives (TrainConfig.corpus_negatives) are dev documents.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from clara.data.corpus import read_corpus
-from clara.data.qa import load_qa
+from clara.data.qa import title_key, load_qa
 from clara.train.rows import load_exclusions
 
 COPY = ["scp/clara_pretrain_qa_1k.jsonl", "hotpotqa/hotpot_dev_distractor_500.jsonl",
@@ -48,6 +53,23 @@ def main() -> None:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print(f"{len(rows)} reconstruction passages; files in {args.out}")
+    write_2wiki_corpus(args.data / "2wikimultihopqa", args.out / "2wiki_corpus", exclude)
+
+
+def write_2wiki_corpus(src: Path, out: Path, exclude: set[str]) -> None:
+    """The 2Wiki questions and corpus, filtered against the dev split (module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    in_dev_file = {ex.id for ex in load_qa(src / "dev_500.jsonl")}
+    excluded_keys = {title_key(t) for t in exclude}
+    corpus = [p for p in json.loads((src / "corpus_6119.json").read_text()) if p["title"] not in exclude]
+    questions = [
+        q for q in json.loads((src / "questions_1000.json").read_text())
+        if q["id"] not in in_dev_file and q["id"] not in exclude
+        and not any(title_key(t[0]) in excluded_keys for t in q["evidence"])
+    ]
+    for name, rows in (("corpus_6119.json", corpus), ("questions_1000.json", questions)):
+        (out / name).write_text(json.dumps(rows, ensure_ascii=False))
+    print(f"{len(questions)} 2Wiki corpus questions over {len(corpus)} passages in {out}")
 
 
 if __name__ == "__main__":

@@ -192,3 +192,32 @@ def test_real_files(rel: str, fmt: str, n: int):
     with_gold = sum(bool(e.gold_ids) for e in ex)
     # every supporting title of HotpotQA/2Wiki/NQ-oracle is found; 2Wiki evidence subjects match >= 99 %
     assert with_gold >= (0.99 * n if fmt == "2wiki-corpus" else n)
+
+
+def _corpus_question(tmp_path: Path, answer: str) -> Path:
+    corpus = [
+        {"title": "Harbor Lights", "text": "Harbor Lights is a 1961 film directed by Ann Vale."},
+        {"title": "Harbor Lights (song)", "text": "Harbor Lights is a song about a harbor at night, written for a film."},
+        {"title": "Harbor Lights (novel)", "text": "Harbor Lights is a novel; its film rights went to Ann Vale."},
+        {"title": "Harbor Town", "text": "Harbor Town is a village with a small harbor."},
+        {"title": "Quartz", "text": "Quartz is a mineral composed of silicon and oxygen."},
+    ]
+    question = {"id": "q1", "question_type": "compositional", "question": "Who directed the film Harbor Lights?", "answer": answer,
+                "evidence": [["Harbor Lights", "director", answer]]}
+    (tmp_path / "corpus.json").write_text(json.dumps(corpus))
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps([question]))
+    return path
+
+
+def test_2wiki_corpus_hard_negatives(tmp_path: Path):
+    path = _corpus_question(tmp_path, "Ann Vale")
+    (ex,) = load_qa(path, negatives=2, hard_negatives=True)
+    # BM25's best non-gold passages in order; the novel names the answer, so it is never a negative
+    assert [d.id for d in ex.docs] == ["Harbor Lights", "Harbor Lights (song)", "Harbor Town"]
+    assert ex.gold_ids == ["Harbor Lights"]
+    (one,) = load_qa(path, negatives=1, hard_negatives=True)
+    assert [d.id for d in one.docs] == ["Harbor Lights", "Harbor Lights (song)"]
+    # a yes/no answer occurs in passages without making them positives: it filters nothing
+    (yes_no,) = load_qa(_corpus_question(tmp_path, "no"), negatives=2, hard_negatives=True)
+    assert [d.id for d in yes_no.docs][1:] == ["Harbor Lights (song)", "Harbor Lights (novel)"]

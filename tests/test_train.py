@@ -767,3 +767,24 @@ def test_default_configs_read_the_split_file_by_its_name():
     for name in ("scp.yaml", "scp_cpu.yaml"):
         cfg = TrainConfig.load(root / "configs" / "default" / name)
         assert [Path(p).name for p in cfg.data] == [split_name]
+
+
+def test_corpus_negatives_reach_the_training_questions(tmp_path: Path):
+    """corpus_negatives: questions of a file with a passage corpus read BM25's answer-free
+    negatives next to their gold passages; files without a corpus are loaded unchanged."""
+    from clara.train.run import qa_data
+
+    corpus = [{"title": t, "text": f"{t} is a river in the north. {t} flows east."} for t in ("Avon", "Tees", "Wear")]
+    corpus.append({"title": "Tyne", "text": "Tyne is a river in the north; it flows east into the sea at Tynemouth."})
+    (tmp_path / "corpus.json").write_text(json.dumps(corpus))
+    questions = [{"id": "q", "question_type": "compositional", "question": "Where does the river Tyne flow into the sea?",
+                  "answer": "Tynemouth", "evidence": [["Tyne", "mouth", "Tynemouth"]]}]
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (ex,) = qa_data(TrainConfig(stage="instruct", data=[str(tmp_path / "q.json")], corpus_negatives=2), set())
+    assert ex.gold_ids == ["Tyne"] and len(ex.docs) == 3 and {d.id for d in ex.docs[1:]} <= {"Avon", "Tees", "Wear"}
+    (plain,) = qa_data(TrainConfig(stage="instruct", data=[str(tmp_path / "q.json")]), set())
+    assert [d.id for d in plain.docs] == ["Tyne"]
+    with pytest.raises(ValueError, match="needs QA training data"):  # the only question is excluded
+        qa_data(TrainConfig(stage="instruct", data=[str(tmp_path / "q.json")], corpus_negatives=2), {"q"})
+    with pytest.raises(ValueError, match="corpus_negatives"):
+        TrainConfig(corpus_negatives=-1)

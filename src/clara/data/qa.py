@@ -146,14 +146,16 @@ def load_qa(
     *,
     corpus: str | Path | None = None,
     negatives: int = 0,
+    hard_negatives: bool = False,
     unanswerable: str = "skip",
     limit: int | None = None,
     seed: int = 0,
 ) -> list[QAExample]:
     """Load any supported QA file; ``fmt`` None = detect from the content.
 
-    ``corpus``/``negatives``/``seed`` apply to ``2wiki-corpus`` (the passage file; random
-    non-gold passages added per question), ``unanswerable`` ("skip" or "keep") to SQuAD v2
+    ``corpus``/``negatives``/``seed``/``hard_negatives`` apply to ``2wiki-corpus`` (the passage
+    file; non-gold passages added per question, random or, with ``hard_negatives``, BM25's
+    best answer-free ones), ``unanswerable`` ("skip" or "keep") to SQuAD v2
     and MuSiQue-full questions without an answer. ``limit`` keeps the first N examples.
     """
     fmt = fmt or detect_format(path)
@@ -162,7 +164,7 @@ def load_qa(
     if unanswerable not in ("skip", "keep"):
         raise ValueError(f"unanswerable must be 'skip' or 'keep', got {unanswerable!r}")
     if fmt == "2wiki-corpus":
-        examples = load_2wiki_corpus(path, corpus, negatives=negatives, seed=seed)
+        examples = load_2wiki_corpus(path, corpus, negatives=negatives, seed=seed, hard_negatives=hard_negatives)
     elif fmt == "squad":
         examples = load_squad(path, unanswerable=unanswerable)
     elif fmt == "musique":
@@ -259,7 +261,7 @@ def _hops(evidence: list[Any]) -> int:
     return len({t[0] for t in evidence if isinstance(t, list) and t})
 
 
-def _title_key(title: str) -> str:
+def title_key(title: str) -> str:
     """Loose title key: case, quotes and a trailing '(film)'-style qualifier ignored."""
     t = re.sub(r"\s*\([^)]*\)\s*$", "", title.strip().strip('"').strip())
     return t.casefold()
@@ -276,14 +278,19 @@ def find_sibling_corpus(questions: Path) -> Path:
 
 
 def load_2wiki_corpus(
-    questions: str | Path, corpus: str | Path | None = None, negatives: int = 0, seed: int = 0
+    questions: str | Path,
+    corpus: str | Path | None = None,
+    negatives: int = 0,
+    seed: int = 0,
+    hard_negatives: bool = False,
 ) -> list[QAExample]:
     """2Wiki questions (``evidence`` triples) over a ``[{title, text}]`` passage corpus.
 
     Gold passages are the corpus passages whose title is an evidence triple's subject
     (exact title first, else case/quote/qualifier-insensitive). Document ids are the titles,
     which are unique in the corpus, so the same passage has the same id in every question.
-    ``negatives`` random non-gold passages are added to each question's candidates.
+    ``negatives`` non-gold passages are added to each question's candidates: random ones, or
+    with ``hard_negatives`` BM25's best for the question (``bm25_negatives``).
     """
     questions = Path(questions)
     corpus_path = Path(corpus) if corpus is not None else find_sibling_corpus(questions)
@@ -295,7 +302,7 @@ def load_2wiki_corpus(
         passages[title] = Document(id=title, text=_str(obj, "text", where), title=title)
     by_key: dict[str, list[str]] = {}
     for title in passages:
-        by_key.setdefault(_title_key(title), []).append(title)
+        by_key.setdefault(title_key(title), []).append(title)
     rng = random.Random(seed)
     titles = list(passages)
     examples, no_gold = [], 0
@@ -306,11 +313,11 @@ def load_2wiki_corpus(
             if not (isinstance(triple, list) and len(triple) == 3 and isinstance(triple[0], str)):
                 raise DataError(f"{where}: evidence[{j}] must be [subject, relation, object]")
             subject = triple[0]
-            matches = [subject] if subject in passages else by_key.get(_title_key(subject), [])
+            matches = [subject] if subject in passages else by_key.get(title_key(subject), [])
             gold += [t for t in matches if t not in gold]
         no_gold += not gold
         docs = [passages[t] for t in gold]
-        if negatives:
+        if negatives and not hard_negatives:
             pool = [t for t in rng.sample(titles, min(len(titles), negatives + len(gold))) if t not in gold]
             docs += [passages[t] for t in pool[:negatives]]
         meta = {"source": "2wiki", "type": obj.get("question_type"), "hops": _hops(evidence)}
@@ -319,7 +326,40 @@ def load_2wiki_corpus(
     if no_gold:
         log.warning("%s: %d of %d questions have no evidence subject in %s", questions, no_gold, len(examples),
                     corpus_path)
+    if negatives and hard_negatives:
+        bm25_negatives(examples, list(passages.values()), negatives)
     return examples
+
+
+def bm25_negatives(examples: list[QAExample], corpus: list[Document], n: int) -> None:
+    """Append to each example's docs the ``n`` passages of ``corpus`` BM25 ranks highest for its
+    question, skipping its gold passages and any passage that contains one of its answers.
+
+    DPR's hard negatives (Karpukhin et al. 2020): lexically close to the question, so a ranker
+    must do better than word overlap, and answer-free, so none is an unlabelled positive.
+    """
+    import bm25s
+
+    from ..eval.metrics import normalize_answer
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize([d.full_text() for d in corpus], show_progress=False), show_progress=False)
+    normalized = [f" {normalize_answer(d.full_text())} " for d in corpus]
+    for ex in examples:
+        tokens = bm25s.tokenize([ex.question], show_progress=False, return_ids=False)[0]
+        if not tokens:
+            continue
+        # a yes/no answer is in most passages without making them positives
+        answers = [f" {a} " for a in map(normalize_answer, ex.answers) if a and a not in ("yes", "no")]
+        taken = {d.id for d in ex.docs}
+        for i in index.get_scores(tokens).argsort()[::-1]:
+            if len(ex.docs) - len(ex.gold_ids) >= n:
+                break
+            doc = corpus[int(i)]
+            if doc.id not in taken and not any(a in normalized[int(i)] for a in answers):
+                ex.docs.append(doc)
+                taken.add(doc.id)
 
 
 # ---------------------------------------------------------------------- MuSiQue

@@ -26,6 +26,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClaraConfig fields for a fresh model."})
     data: list[str] = field(default_factory=list, metadata={"help": "Training files: SCP JSONL (scp) or QA datasets (instruct, e2e)."})
     recon_data: list[str] = field(default_factory=list, metadata={"help": "Corpora whose passages become reconstruction rows (scp)."})
+    corpus_negatives: int = field(default=0, metadata={"help": "Negatives added per question to QA files that come with a passage corpus (2Wiki questions + corpus): BM25's best answer-free passages (data.qa.bm25_negatives)."})
     exclude_ids: str = field(default="", metadata={"help": "JSON file of {dataset: [ids]} never trained on (the dev split)."})
     task_weights: dict[str, float] = field(
         default_factory=lambda: {"qa": 1.0, "qa_single": 1.0, "paraphrase": 1.0, "reconstruct": 1.0},
@@ -92,8 +93,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_weight and not self.train_query_reasoner:
             raise ValueError("distill_weight trains the query reasoner; it needs train_query_reasoner=true")
-        if self.retrieval_docs < 0:
-            raise ValueError(f"retrieval_docs must be >= 0, got {self.retrieval_docs}")
+        for name in ("retrieval_docs", "corpus_negatives"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_top < 0 or self.distill_top == 1:
             raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:

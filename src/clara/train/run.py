@@ -64,7 +64,8 @@ def scp_data(cfg: TrainConfig, exclude: set[str]) -> tuple[list[ScpRow], list[Sc
 def qa_data(cfg: TrainConfig, exclude: set[str]) -> list[QAExample]:
     examples: list[QAExample] = []
     for path in cfg.data:
-        examples += [ex for ex in load_qa(path) if ex.id not in exclude and ex.answers and ex.docs]
+        loaded = load_qa(path, negatives=cfg.corpus_negatives, hard_negatives=True)
+        examples += [ex for ex in loaded if ex.id not in exclude and ex.answers and ex.docs]
     if not examples:
         raise ValueError(f"stage {cfg.stage} needs QA training data: set `data` to QA dataset files")
     random.Random(cfg.seed).shuffle(examples)
