@@ -46,8 +46,9 @@ clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=ru
 # candidates, scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
     $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim $extra3
-# the fair full-text baseline: the same recipe as stage 2, reading raw text
-clara train text -c configs/default/text.yaml max_steps=${STEPS_TEXT:-80}
+# the fair full-text baseline: the same recipe and step count as stage 2, reading raw text
+# (sessions 6-15 compared with an 80-step one, which was undertrained: docs/training.md, session 16)
+clara train text -c configs/default/text.yaml $cpu max_steps=${STEPS_TEXT:-240}
 if [ "$RATIO" = 16 ]; then
     python scripts/pack_checkpoint.py runs/e2e16/final src/clara/checkpoints/default
 else
