@@ -25,6 +25,7 @@ import torch
 
 from clara import ClaraModel
 from clara.data.qa import load_qa
+from clara.inspect import lens_logits
 from clara.io import read_jsonl
 from clara.train.rows import load_exclusions
 
@@ -47,10 +48,9 @@ def first_tokens(tokenizer, answers: list[str]) -> set[int]:
 @torch.no_grad()
 def best_ranks(model: ClaraModel, passages: list[str], token_sets: list[set[int]]) -> list[int]:
     """For passage i, the best rank over its slots of any token in token_sets[i]."""
-    states = model.compress(passages)  # (N, n_mem, H)
+    all_logits = lens_logits(model, model.compress(passages))  # (N, n_mem, V)
     out = []
-    for slot_states, tokens in zip(states, token_sets):
-        logits = model.logits(slot_states)  # (n_mem, V)
+    for logits, tokens in zip(all_logits, token_sets):  # logits: (n_mem, V)
         wanted = logits[:, sorted(tokens)]  # (n_mem, T)
         # rank = how many tokens of the slot's vocabulary score strictly higher
         ranks = (logits.unsqueeze(1) > wanted.unsqueeze(-1)).sum(-1)  # (n_mem, T)

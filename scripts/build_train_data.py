@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from clara.data.corpus import read_corpus
-from clara.data.qa import title_key, load_qa
+from clara.data.qa import load_qa, title_key
 from clara.train.rows import load_exclusions
 
 COPY = ["scp/clara_pretrain_qa_1k.jsonl", "hotpotqa/hotpot_dev_distractor_500.jsonl",

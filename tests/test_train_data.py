@@ -35,4 +35,4 @@ def test_built_training_data_leaves_out_the_dev_split(tmp_path: Path):
     in_dev_file = {ex.id for ex in load_qa(SHARED / "2wikimultihopqa" / "dev_500.jsonl")}
     for ex in questions:
         assert ex.id not in dev and ex.id not in in_dev_file
-        assert not any(d.title in dev or title_key(d.title) in dev_keys and d.id in ex.gold_ids for d in ex.docs)
+        assert not any(d.title in dev or (title_key(d.title) in dev_keys and d.id in ex.gold_ids) for d in ex.docs)
