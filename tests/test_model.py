@@ -222,6 +222,53 @@ def test_soft_token_readout(arch_model: ClaraModel):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in arch_model.named_parameters() if ".compressor." in n)
 
 
+def test_top_token_readout(arch_model: ClaraModel, tmp_path):
+    """mem_readout="top_tokens": each state becomes r rows, the input embeddings of its r most
+    likely tokens (most likely first, slot-major; Gemma's sqrt(H) scale included); prompts carry
+    r placeholders per slot; pre-read rows give the same inputs; the generator loss reaches the
+    compressor (straight-through); the setting survives a save/load."""
+    r = 3
+    arch_model.config.mem_readout, arch_model.config.readout_tokens = "top_tokens", r
+    n_mem, h = arch_model.config.n_mem, arch_model.hidden_size
+    assert arch_model.config.n_read == n_mem * r
+    emb = arch_model.lm.get_input_embeddings()
+    with torch.no_grad():
+        states = arch_model.compress(DOCS[:2])  # (2, n_mem, H)
+        ids = arch_model.logits(states).topk(r, dim=-1).indices  # (2, n_mem, r)
+        rows = arch_model.read_rows(states)  # (2, n_mem * r, H)
+        assert rows.shape == (2, n_mem * r, h)
+        torch.testing.assert_close(rows, emb(ids.reshape(2, -1)))  # emb(): HF's own scaling
+        prompt = arch_model._tokenize_prompts(arch_model.answer_prompts(["Who?"], [2]))
+        slots = torch.isin(torch.tensor(prompt[0]), torch.tensor(arch_model.special.mem))
+        assert int(slots.sum()) == 2 * n_mem * r
+        from_states, _, _ = arch_model._inputs(prompt, [states])
+        from_rows, _, _ = arch_model._inputs(prompt, [rows.reshape(2, n_mem * r, h)], pre_read=True)
+        torch.testing.assert_close(from_rows, from_states)
+        with pytest.raises(ValueError, match="must be a tensor"):  # pre-read rows are n_read per document
+            arch_model.generate(["Who?"], [states], max_new_tokens=2, pre_read=True)
+        assert len(arch_model.generate(["Who?"], [states], max_new_tokens=2)) == 1
+    arch_model.set_trainable(("compressor", "generator"), mem_rows=True)
+    states = arch_model.compress(DOCS[:1])
+    loss = arch_model.generator_loss(arch_model.answer_prompts(["Where?"], [1]), ["Paris"], [states])
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in arch_model.named_parameters() if ".compressor." in n)
+    arch_model.save_pretrained(tmp_path / "top")
+    again = ClaraModel.from_pretrained(tmp_path / "top")
+    assert (again.config.mem_readout, again.config.readout_tokens) == ("top_tokens", r)
+
+
+def test_readout_tokens_is_checked():
+    from clara import ClaraConfig
+
+    with pytest.raises(ValueError, match="readout_tokens must be >= 1"):
+        ClaraConfig(mem_readout="top_tokens", readout_tokens=0)
+    with pytest.raises(ValueError, match="needs mem_readout='top_tokens'"):
+        ClaraConfig(mem_readout="soft_tokens", readout_tokens=4)
+    with pytest.raises(ValueError, match="apple"):
+        ClaraConfig(mem_readout="top_tokens", readout_tokens=2, prompt_style="apple")
+    assert ClaraConfig(mem_readout="top_tokens", readout_tokens=4, doc_max_len=128).n_read == 32
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_linear_readout(backbones, tmp_path, arch):
     """mem_readout="soft_tokens_linear": the soft token plus a learned map of the unit state.

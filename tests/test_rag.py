@@ -221,6 +221,38 @@ def test_reopening_keeps_the_index_readout_setting(soft_model, docs, tmp_path, c
     assert add_documents(soft_model, again, docs[:6], progress=False).added == 2
 
 
+def test_top_token_models_read_states_not_stored_rows(soft_model, backbones, docs, tmp_path):
+    """Readout rows are stored for the soft-token readouts only: a top_tokens index stores none
+    (and refuses to), and the same soft-token index read by a model overridden to another readout
+    serves that model its states, never the soft rows."""
+    torch.manual_seed(5)
+    top = ClaraModel.from_backbone(tiny_config(backbones["llama"], mem_readout="top_tokens", readout_tokens=2))
+    perturb_lora(top)
+    top.eval()
+    with pytest.raises(ValueError, match="readout rows do not serve"):
+        open_or_create(top, tmp_path / "bad", readout=True)
+    index = open_or_create(top, tmp_path / "top")
+    assert not index.has_readout
+    add_documents(top, index, docs[:12], progress=False)
+    result = ClaraRAG(top, index, k=2, max_new_tokens=4).ask("Who?")
+    rows = [index.row_of(s.id) for s in result.sources]
+    with torch.no_grad():
+        assert result.answer == top.generate(["Who?"], [index.states(rows)], max_new_tokens=4)[0]
+
+    soft_index = open_or_create(soft_model, tmp_path / "soft")
+    add_documents(soft_model, soft_index, docs[:12], progress=False)
+    assert soft_index.has_readout
+    soft_model.config.mem_readout = "states"  # same adapters, so the same fingerprint
+    try:
+        rag = ClaraRAG(soft_model, MemoryIndex.open(tmp_path / "soft"), k=2, max_new_tokens=4)
+        result = rag.ask("Who?")
+        rows = [soft_index.row_of(s.id) for s in result.sources]
+        with torch.no_grad():
+            assert result.answer == soft_model.generate(["Who?"], [soft_index.states(rows)], max_new_tokens=4)[0]
+    finally:
+        soft_model.config.mem_readout = "soft_tokens"
+
+
 def test_rag_retrieves_by_the_models_retrieval_score(backbones, docs, tmp_path):
     model = ClaraModel.from_backbone(tiny_config(backbones["llama"], retrieval_score="maxsim"))
     perturb_lora(model)

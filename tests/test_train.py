@@ -60,6 +60,26 @@ def test_scp_loss_decreases(tmp_path, backbones):
     assert loaded.config.n_mem == 4
 
 
+def test_top_token_readout_trains_and_refuses_span_targets(tmp_path, backbones):
+    """Stage 1 with mem_readout="top_tokens" (r rows per slot) learns, with memory dropout reading
+    zeroed states' rows; the span-mean options, which need one row per slot, are refused by name."""
+    model_cfg = tiny_config(backbones["qwen2"], mem_readout="top_tokens", readout_tokens=2).to_dict()
+    cfg = scp_cfg(tmp_path, backbones["qwen2"], max_rows=4, bow_weight=1.0, memory_dropout=0.25, lr=1e-2, model=model_cfg)
+    train(cfg)
+    logged = metrics(tmp_path / "run")
+    ce, bow = [m["ce"] for m in logged], [m["bow"] for m in logged]
+    assert sum(ce[-3:]) / 3 < sum(ce[:3]) / 3 - 0.15  # 5.96 -> 5.71 when written (tiny random qwen2)
+    assert bow[-1] < bow[0] - 0.2
+    assert ClaraModel.from_pretrained(tmp_path / "run" / "final").config.n_read == 8
+    rows = read_scp(cfg.data[0])[:4]
+    batch = Batch(rows=rows, indices=list(range(4)), epoch=0)
+    model = ClaraModel.from_backbone(ClaraConfig(**model_cfg))
+    with pytest.raises(ValueError, match="oracle_mix"):
+        make_step(TrainConfig(**{**cfg.to_dict(), "oracle_mix": 1.0}))(model, batch)
+    with pytest.raises(ValueError, match="span_weight=0"):
+        make_step(TrainConfig(**{**cfg.to_dict(), "span_weight": 1.0}))(model, batch)
+
+
 def test_mse_term_matches_hand_computation(backbones):
     model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
     docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]

@@ -23,7 +23,7 @@ DEFAULT_BACKBONE = "smollm2-135m-instruct"
 _DTYPES = ("float32", "bfloat16", "float16")
 _PROMPT_STYLES = ("clara", "apple")
 #: How the generator reads memory states (ClaraModel.read_memory).
-READOUTS = ("states", "soft_tokens", "soft_tokens_linear")
+READOUTS = ("states", "soft_tokens", "soft_tokens_linear", "top_tokens")
 
 
 @dataclass
@@ -56,7 +56,12 @@ class ClaraConfig:
         default="states",
         metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states), "
                           "'soft_tokens' (embedding average under the output head's distribution) or "
-                          "'soft_tokens_linear' (soft tokens plus a learned linear map of the unit state, zero at first)."},
+                          "'soft_tokens_linear' (soft tokens plus a learned linear map of the unit state, zero at first) or "
+                          "'top_tokens' (the input embeddings of each state's readout_tokens most likely tokens)."},
+    )
+    readout_tokens: int = field(
+        default=1,
+        metadata={"help": "Generator input rows per memory slot under mem_readout='top_tokens' (1 for the other readouts)."},
     )
     mem_scale: float = field(
         default=1.0,
@@ -79,6 +84,12 @@ class ClaraConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.mem_readout not in READOUTS:
             raise ValueError(f"mem_readout must be one of {READOUTS}, got {self.mem_readout!r}")
+        if self.readout_tokens < 1:
+            raise ValueError(f"readout_tokens must be >= 1, got {self.readout_tokens}")
+        if self.readout_tokens > 1 and self.mem_readout != "top_tokens":
+            raise ValueError(f"readout_tokens={self.readout_tokens} needs mem_readout='top_tokens' (the others give one row per slot)")
+        if self.readout_tokens > 1 and self.prompt_style == "apple":
+            raise ValueError("prompt_style='apple' has one placeholder per memory slot: use readout_tokens=1")
         if self.retrieval_score not in SCORES:
             raise ValueError(f"retrieval_score must be one of {SCORES}, got {self.retrieval_score!r}")
         if self.prompt_style not in _PROMPT_STYLES:
@@ -88,6 +99,11 @@ class ClaraConfig:
     def n_mem(self) -> int:
         """Memory tokens per document: doc_max_len // compression_ratio."""
         return self.doc_max_len // self.compression_ratio
+
+    @property
+    def n_read(self) -> int:
+        """Generator input rows per document: n_mem * readout_tokens (the index still stores n_mem states)."""
+        return self.n_mem * self.readout_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

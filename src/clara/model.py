@@ -427,11 +427,12 @@ class ClaraModel(nn.Module):
         return scoring.score(q_states, doc_states, self.config.retrieval_score)
 
     # ------------------------------------------------------------------ generator
-    def _check_states(self, states: Sequence[torch.Tensor], n: int, what: str) -> list[torch.Tensor]:
+    def _check_states(self, states: Sequence[torch.Tensor], n: int, what: str, pre_read: bool = False) -> list[torch.Tensor]:
+        """Per prompt (k, n_mem, H) memory states, or with ``pre_read`` (k, n_read, H) generator rows."""
         states = list(states)
         if len(states) != n:
             raise ValueError(f"{what}: got {len(states)} entries of document states for {n} prompts")
-        shape = (self.config.n_mem, self.hidden_size)
+        shape = (self.config.n_read if pre_read else self.config.n_mem, self.hidden_size)
         for i, s in enumerate(states):
             if not torch.is_tensor(s) or s.dim() != 3 or tuple(s.shape[1:]) != shape:
                 got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
@@ -444,33 +445,38 @@ class ClaraModel(nn.Module):
         """Left-pad prompts and inject states: (inputs_embeds (B, T, H), attention_mask, input_ids).
 
         Every memory-token position of row b, in order, receives the rows of
-        ``read_memory(states[b].reshape(-1, H))``: document 0's n_mem rows, then document
+        ``read_memory(states[b].reshape(-1, H))``: document 0's n_read rows, then document
         1's, ...; with ``pre_read`` the states already are those rows.
         """
         input_ids, mask = left_pad(token_ids, self.tokenizer.pad_token_id, self.device)
         embeds = self.embed(input_ids)  # (B, T, H)
         slots = torch.isin(input_ids, torch.tensor(self.special.mem, device=self.device))  # (B, T)
-        want = [s.shape[0] * self.config.n_mem for s in states]
+        want = [s.shape[0] * self.config.n_read for s in states]
         have = slots.sum(1).tolist()
         if have != want:
             raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
         if sum(want):
             flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat if pre_read else self.read_memory(flat))
+            rows = flat if pre_read else self.read_memory(flat)  # (sum k*n_read, H)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), rows.to(embeds.dtype))
         return embeds, mask, input_ids
 
     def read_memory(self, states: torch.Tensor) -> torch.Tensor:
-        """Memory states (M, H) -> the generator's input rows (M, H), per ``config.mem_readout``.
+        """Memory states (M, H) -> the generator's input rows (M * readout_tokens, H), per ``config.mem_readout``.
 
         ``states`` (the paper) injects them as they are, times ``mem_scale``. ``soft_tokens``
         injects the expected input embedding under the output head's next-token distribution
         of each state: always in the embedding distribution, so a small backbone can read
         memory from the first step (see docs/training.md for why and what it measured).
         ``soft_tokens_linear`` adds ``mem_proj(state / |state|)``, a learned linear map (zero at first).
+        ``top_tokens`` gives each state ``readout_tokens`` rows: the input embeddings of its most
+        likely tokens, most likely first (slot-major: state 0's rows, then state 1's, ...).
         """
         if self.config.mem_readout == "states":
             return states * self.config.mem_scale
         emb = self.lm.get_input_embeddings()
+        if self.config.mem_readout == "top_tokens":
+            return self._top_token_rows(states, emb.weight) * self.config.mem_scale
         probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
         soft = self._embed_scaled(probs.to(emb.weight.dtype) @ emb.weight)  # (M, H)
         if self.mem_proj is not None:
@@ -481,13 +487,32 @@ class ClaraModel(nn.Module):
             soft = soft + self.mem_proj(unit).to(soft.dtype)
         return soft * self.config.mem_scale
 
+    def _top_token_rows(self, states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """States (M, H) -> (M * r, H): the embeddings of each state's r most likely tokens.
+
+        A soft token averages a slot's distribution into one row, dominated by its top word;
+        here the generator sees the next words too, as real tokens (at the price of r rows per
+        slot). The value is exactly the token embeddings; the gradient reaches the logits
+        through ``1 + p - p.detach()`` (straight-through), p each token's probability.
+        """
+        r = self.config.readout_tokens
+        probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
+        p, ids = probs.topk(r, dim=-1)  # (M, r)
+        rows = table[ids] * (1 + p - p.detach()).unsqueeze(-1).to(table.dtype)  # (M, r, H)
+        return self._embed_scaled(rows.reshape(-1, rows.shape[-1]))
+
+    def read_rows(self, states: torch.Tensor) -> torch.Tensor:
+        """Memory states (N, n_mem, H) -> the generator's input rows (N, n_read, H)."""
+        return self.read_memory(states.flatten(0, 1)).view(states.shape[0], self.config.n_read, -1)
+
     def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
 
     def prompt(self, task: str, n_docs: int, question: str | None = None) -> str:
         """A generator prompt (``tokens.TASKS``) in this model's prompt style, with placeholders."""
         return tokens.build_prompt(
-            self.tokenizer, task, n_docs, self.config.n_mem, question=question, style=self.config.prompt_style
+            self.tokenizer, task, n_docs, self.config.n_mem, question=question, style=self.config.prompt_style,
+            per_slot=self.config.readout_tokens,
         )
 
     def answer_prompts(self, questions: Sequence[str], n_docs: Sequence[int]) -> list[str]:
@@ -511,7 +536,7 @@ class ClaraModel(nn.Module):
         Targets longer than ``max_target_len`` tokens are cut (and then get no end token).
         With ``pre_read`` the states already are generator input rows (``read_memory``'s output).
         """
-        doc_states = self._check_states(doc_states, len(prompts), "doc_states")
+        doc_states = self._check_states(doc_states, len(prompts), "doc_states", pre_read)
         if len(targets) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
@@ -558,7 +583,7 @@ class ClaraModel(nn.Module):
     ) -> list[str]:
         """Generate from ready prompts whose placeholders are filled with ``doc_states``
         (with ``pre_read``: rows that already went through :meth:`read_memory`)."""
-        doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question")
+        doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question", pre_read)
         embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts), doc_states, pre_read)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -624,7 +649,7 @@ class ClaraModel(nn.Module):
         applied, as a memory index stores them), which saves one output-head pass.
         """
         questions = tokens.check_texts(questions, "questions")
-        states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question")
+        states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question", pre_read)
         prompts = self.answer_prompts(questions, [s.shape[0] for s in states])
         return self.generate_from_prompts(
             prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer, pre_read=pre_read

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from .data.corpus import Document
-from .index.build import BuildReport, add_documents
+from .index.build import BuildReport, add_documents, stores_readout
 from .index.search import DEFAULT_NPROBE, Searcher
 from .index.store import MemoryIndex
 
@@ -110,10 +110,15 @@ class ClaraRAG:
             return self._retrieve(list(questions), k or self.k)[0]
 
     # ------------------------------------------------------------------ answering
+    @property
+    def _pre_read(self) -> bool:
+        """Whether the generator reads the index's stored readout rows (no output-head pass per question)."""
+        return self.index.has_readout and stores_readout(self.model)
+
     def _memory(self, rows: list[int]) -> torch.Tensor:
         """What the generator reads for these documents (k, n_mem, H): the index's stored
-        readout rows when it has them (no output-head pass per question), else the states."""
-        memory = self.index.readout(rows) if self.index.has_readout else self.index.states(rows)
+        readout rows when they serve this model, else the states."""
+        memory = self.index.readout(rows) if self._pre_read else self.index.states(rows)
         return memory.to(self.model.device)
 
     @torch.no_grad()
@@ -150,7 +155,7 @@ class ClaraRAG:
             t0 = time.perf_counter()
             texts = self.model.generate(
                 questions, states, max_new_tokens=max_new_tokens or self.max_new_tokens, streamer=streamer,
-                pre_read=self.index.has_readout,
+                pre_read=self._pre_read,
             )
             timings["generate"] = time.perf_counter() - t0
         return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]

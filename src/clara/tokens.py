@@ -107,9 +107,9 @@ def compressor_ids(
     return [head + b[:max_len] + tail + list(special.mem) for b in bodies], truncated
 
 
-def placeholders(n_docs: int, n_mem: int) -> str:
-    """One ``<MEM0>..<MEM{n-1}><SEP>`` run per document."""
-    run = "".join(mem_token(i) for i in range(n_mem)) + SEP
+def placeholders(n_docs: int, n_mem: int, per_slot: int = 1) -> str:
+    """One ``<MEM0>..<MEM{n-1}><SEP>`` run per document, each ``<MEMi>`` ``per_slot`` times."""
+    run = "".join(mem_token(i) * per_slot for i in range(n_mem)) + SEP
     return "".join(run for _ in range(n_docs))
 
 
@@ -158,8 +158,10 @@ def build_prompt(
     n_mem: int,
     question: str | None = None,
     style: str = "clara",
+    per_slot: int = 1,
 ) -> str:
-    """The generator prompt for a task, with memory placeholders for ``n_docs`` documents.
+    """The generator prompt for a task, with memory placeholders for ``n_docs`` documents
+    (``per_slot`` generator rows per memory slot: ``ClaraConfig.readout_tokens``).
 
     ``answer`` is Apple's QA prompt exactly (no space after ``Question:``), so Apple's
     checkpoints and ours read the same layout. ``style="apple"`` renders Apple's prompts
@@ -169,7 +171,7 @@ def build_prompt(
         from . import apple
 
         return apple.build_prompt(tokenizer, task, n_docs, n_mem, question=question)
-    background = f"Background:\n{placeholders(n_docs, n_mem)}"
+    background = f"Background:\n{placeholders(n_docs, n_mem, per_slot)}"
     if task == "answer":
         if question is None:
             raise ValueError("the 'answer' task needs a question")

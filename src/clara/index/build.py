@@ -57,8 +57,8 @@ def open_or_create(
     """Open the index at ``out`` (checking it matches ``model``) or create an empty one.
 
     ``readout`` (new indexes only) stores the generator's input rows beside the states;
-    None stores them when the model reads memory through its output head
-    (``mem_readout`` other than ``"states"``), where they cost a pass per question otherwise.
+    None stores them when they serve the model (:func:`stores_readout`), where they cost a
+    pass per question otherwise.
     """
     out = Path(out)
     if (out / MANIFEST).is_file():
@@ -71,10 +71,25 @@ def open_or_create(
                         "with" if index.has_readout else "without", readout)
         return index
     if readout is None:
-        readout = model.config.mem_readout != "states"
+        readout = stores_readout(model)
+    elif readout and not stores_readout(model):
+        raise ValueError(
+            f"readout rows do not serve mem_readout={model.config.mem_readout!r} (readout_tokens="
+            f"{model.config.readout_tokens}): build the index without them"
+        )
     return MemoryIndex.create(
         out, model_fingerprint(model), storage=storage, shard_size=shard_size, model_path=model_path, readout=readout
     )
+
+
+def stores_readout(model: "ClaraModel") -> bool:
+    """Whether an index's stored readout rows (one per memory slot) are what ``model``'s generator reads.
+
+    They are for the soft-token readouts: one row per slot through the output head, a pass
+    per question saved. ``states`` reads the states themselves, and ``top_tokens`` rows are
+    looked up per question (one small output-head pass) rather than stored r times over.
+    """
+    return model.config.mem_readout in ("soft_tokens", "soft_tokens_linear")
 
 
 @torch.no_grad()
@@ -121,7 +136,7 @@ def add_documents(
                 batch = model.compress([texts[i] for i in rows], batch_size=batch_size)  # (b, n_mem, H)
                 states[rows] = batch.float().cpu()
                 if readout is not None:
-                    readout[rows] = model.read_memory(batch.flatten(0, 1)).view(batch.shape).float().cpu()
+                    readout[rows] = model.read_rows(batch).float().cpu()
                 bar.update(len(rows))
             index.add(new, states, readout)
             added += len(new)

@@ -82,8 +82,18 @@ def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> 
     ``span_means``, 1 = as far as zeroed memory), then the mean over documents, so a batch split
     over processes gives the same value.
     """
-    read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H)
+    read = _one_row_per_slot(model, states)  # (B, n_mem, H)
     return _relative_gap(read, span_means(model, texts).to(read.dtype))
+
+
+def _one_row_per_slot(model: ClaraModel, states: torch.Tensor) -> torch.Tensor:
+    """The generator's rows of ``states`` (B, n_mem, H), when there is one per slot (span means have one)."""
+    if model.config.n_read != model.config.n_mem:
+        raise ValueError(
+            f"the span-mean target has one row per memory slot; readout_tokens={model.config.readout_tokens} gives "
+            f"{model.config.readout_tokens}: use span_weight=0 and oracle_mix=0 with it"
+        )
+    return model.read_rows(states)
 
 
 def _relative_gap(read: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,7 +112,7 @@ def span_gap(model: ClaraModel, texts: Sequence[str]) -> dict[str, float]:
     if len(texts) < 2:
         raise ValueError("span_gap needs at least 2 texts (span_loss_other compares with another document)")
     states = model.compress(list(texts))  # (N, n_mem, H)
-    read = model.read_memory(states.flatten(0, 1)).view_as(states)
+    read = _one_row_per_slot(model, states)
     oracle = span_means(model, texts).to(read.dtype)
     return {
         "span_loss": _relative_gap(read, oracle).item(),  # span_loss, without reading and averaging twice

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 def build_model(cfg: TrainConfig) -> ClaraModel:
     """Start from the previous stage's checkpoint, or fresh adapters on a backbone."""
     if cfg.init:
-        # a checkpoint fixes the model's shape; only placement, the memory readout, the
-        # retrieval score and a lower compression ratio (checkpoint.fit_mem_rows) may change
-        free = ("device", "dtype", "mem_readout", "mem_scale", "retrieval_score", "compression_ratio")
+        # a checkpoint fixes the model's shape; only placement, the memory readout (and its rows
+        # per slot), the retrieval score and a lower compression ratio (checkpoint.fit_mem_rows) may change
+        free = ("device", "dtype", "mem_readout", "readout_tokens", "mem_scale", "retrieval_score", "compression_ratio")
         overrides = {k: v for k, v in cfg.model.items() if k in free}
         return ClaraModel.from_pretrained(cfg.init, **overrides)
     return ClaraModel.from_backbone(ClaraConfig(**cfg.model))

@@ -33,7 +33,7 @@ def make_step(cfg: TrainConfig):
         rows: list[ScpRow] = batch.rows
         states, text_mean = model.compress_with_text_mean([r.doc for r in rows])  # (B, n_mem, H), (B, H)
         prompts, targets = scp_prompts(model, rows, cfg, batch.epoch, batch.indices)
-        read = model.read_memory(states.flatten(0, 1)).view_as(states)  # (B, n_mem, H) generator input rows
+        read = model.read_rows(states)  # (B, n_read, H) generator input rows
         if cfg.oracle_mix:
             read = with_oracle_rows(model, cfg, batch, read)
         if cfg.memory_dropout:
@@ -59,7 +59,9 @@ def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: to
     use = drawn(cfg.seed + 1, batch, cfg.oracle_mix)
     if not any(use):
         return read
-    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)
+    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)  # (B, n_mem, H): one row per slot
+    if oracle.shape != read.shape:
+        raise ValueError(f"oracle_mix needs one generator row per memory slot; readout_tokens={model.config.readout_tokens}")
     return torch.where(torch.tensor(use, device=read.device)[:, None, None], oracle, read)
 
 
@@ -77,7 +79,7 @@ def with_dropped_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: t
     use = drawn(cfg.seed + 2, batch, cfg.memory_dropout)
     if not any(use):
         return read
-    zero = model.read_memory(read.new_zeros(1, read.shape[-1])).to(read.dtype)  # (1, H): one row, whatever the slot
+    zero = model.read_rows(read.new_zeros(1, model.config.n_mem, read.shape[-1])).to(read.dtype)  # (1, n_read, H)
     return torch.where(torch.tensor(use, device=read.device)[:, None, None], zero, read)
 
 
