@@ -456,7 +456,7 @@ class ClaraModel(nn.Module):
         if have != want:
             raise ValueError(f"prompt memory slots per row {have} do not match the documents given {want}")
         if sum(want):
-            flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H)
+            flat = torch.cat([s.reshape(-1, s.shape[-1]).to(embeds.device) for s in states]).to(embeds.dtype)  # (sum k*n_mem, H), or n_read rows pre-read
             rows = flat if pre_read else self.read_memory(flat)  # (sum k*n_read, H)
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), rows.to(embeds.dtype))
         return embeds, mask, input_ids

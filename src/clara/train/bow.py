@@ -82,18 +82,20 @@ def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> 
     ``span_means``, 1 = as far as zeroed memory), then the mean over documents, so a batch split
     over processes gives the same value.
     """
-    read = _one_row_per_slot(model, states)  # (B, n_mem, H)
+    require_one_row_per_slot(model)
+    read = model.read_rows(states)  # (B, n_mem, H)
     return _relative_gap(read, span_means(model, texts).to(read.dtype))
 
 
-def _one_row_per_slot(model: ClaraModel, states: torch.Tensor) -> torch.Tensor:
-    """The generator's rows of ``states`` (B, n_mem, H), when there is one per slot (span means have one)."""
+def require_one_row_per_slot(model: ClaraModel) -> None:
+    """Refuse a model whose generator reads several rows per slot: span means are one row per slot
+    (span_loss, span_gap and stage 1's oracle_mix all compare or swap them with the read rows)."""
+    r = model.config.readout_tokens
     if model.config.n_read != model.config.n_mem:
         raise ValueError(
-            f"the span-mean target has one row per memory slot; readout_tokens={model.config.readout_tokens} gives "
-            f"{model.config.readout_tokens}: use span_weight=0 and oracle_mix=0 with it"
+            f"the span-mean target has one row per memory slot; readout_tokens={r} gives {r} rows per slot: "
+            "use span_weight=0 and oracle_mix=0 with it"
         )
-    return model.read_rows(states)
 
 
 def _relative_gap(read: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,8 @@ def span_gap(model: ClaraModel, texts: Sequence[str]) -> dict[str, float]:
     if len(texts) < 2:
         raise ValueError("span_gap needs at least 2 texts (span_loss_other compares with another document)")
     states = model.compress(list(texts))  # (N, n_mem, H)
-    read = _one_row_per_slot(model, states)
+    require_one_row_per_slot(model)
+    read = model.read_rows(states)
     oracle = span_means(model, texts).to(read.dtype)
     return {
         "span_loss": _relative_gap(read, oracle).item(),  # span_loss, without reading and averaging twice

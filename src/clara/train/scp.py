@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..model import ClaraModel
 from .batch import Batch
-from .bow import bow_loss, span_loss, span_means
+from .bow import bow_loss, require_one_row_per_slot, span_loss, span_means
 from .config import TrainConfig
 from .rows import ScpRow, pick_task, row_rng, scp_example
 
@@ -56,12 +56,11 @@ def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: to
     pulled towards the same rows by the anchoring, is then read by a generator that already
     knows what they mean.
     """
+    require_one_row_per_slot(model)  # refused whether or not this batch draws an oracle example
     use = drawn(cfg.seed + 1, batch, cfg.oracle_mix)
     if not any(use):
         return read
-    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)  # (B, n_mem, H): one row per slot
-    if oracle.shape != read.shape:
-        raise ValueError(f"oracle_mix needs one generator row per memory slot; readout_tokens={model.config.readout_tokens}")
+    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)  # (B, n_mem, H)
     return torch.where(torch.tensor(use, device=read.device)[:, None, None], oracle, read)
 
 
