@@ -4,7 +4,7 @@
 # max_minutes=... or by killing it after a checkpoint and pointing the next stage at
 # output_dir/checkpoint/model.
 #   bash scripts/train_default_cpu.sh            # RATIO=16: the shipped default
-#   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 model of session 9 (not shipped)
+#   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 model of session 18 (not shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATIO=${RATIO:-16}
@@ -27,22 +27,21 @@ extra2="model.retrieval_score=maxsim retrieval_weight=1.0 retrieval_docs=10 retr
 extra3="train_query_reasoner=false"
 steps2=240
 if [ "$RATIO" = 4 ]; then
-    # stage 1c: widened to 32 memory tokens (each <MEMi> row repeated), half of the examples
-    # read the span means (the oracle) instead of the compressor's memory
-    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4_oracle \
-        model.compression_ratio=4 model.mem_readout=soft_tokens lr=5e-4 max_steps=400 seed=1 oracle_mix=0.5
-    # stage 1d: a fresh schedule with the span-mean loss (bow.span_loss), new data order
-    clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4_oracle/final output_dir=runs/scp4_span \
-        model.compression_ratio=4 model.mem_readout=soft_tokens lr=3e-4 max_steps=200 seed=2 oracle_mix=0.5 span_weight=2.0
-    stage1=runs/scp4_span/final
-    extra2="span_weight=2.0 recon_mix=0.5"  # stage 2 keeps the span loss; stages 2 and 3 rehearse reconstruction
-    extra3="recon_mix=0.5"  # as run in session 9; its query reasoner retrieved far worse (docs/training.md)
-    steps2=120
+    # stage 1c (session 18): stage 1 widened to 32 memory tokens (each <MEMi> row repeated; session
+    # 18 widened step 850, the shipped default's stage-1 weights: scripts/restore_step850.sh), half
+    # of the examples read the span means (the oracle) instead of the compressor's memory; stages 2
+    # and 3 are then the ratio-16 recipe above. Session 9's ratio-4 model instead added a stage 1d
+    # with the span-mean loss (span_weight=2.0, 200 steps, seed 2) and trained stages 2-3 with
+    # span_weight=2.0 recon_mix=0.5 and no retrieval loss; its query reasoner retrieved far worse
+    # (docs/training.md, sessions 9 and 18)
+    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4 \
+        model.compression_ratio=4 model.mem_readout=soft_tokens lr=5e-4 max_steps=250 seed=1 oracle_mix=0.5
+    stage1=runs/scp4/final
 fi
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
     $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-$steps2} save_every=20 log_every=5
-# stage 3: generator (and, at ratio 4, query reasoner) through differentiable top-k over 20 cached
+# stage 3: generator (query reasoner frozen) through differentiable top-k over 20 cached
 # candidates, scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
     $cpu max_rows=${ROWS3:-1000} max_steps=${STEPS3:-250} save_every=25 log_every=5 model.retrieval_score=maxsim $extra3
