@@ -19,18 +19,17 @@ cpu="batch_size=4 mixed_precision=no"
 clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
     model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
 stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_minutes stop
-# ratio 16 (session 15): stage 2 also trains the compressor to rank (the question encoded by the
-# compressor, InfoNCE on the gold documents among all 10 of a question's paragraphs and the
-# batch's other documents; the compressor at 1e-3), and stage 3 keeps that ranking: the query
-# reasoner stays the compressor's copy, only the generator trains
+# stages 2-3, either ratio (session 15): stage 2 also trains the compressor to rank (the question
+# encoded by the compressor, InfoNCE on the gold documents among all 10 of a question's paragraphs
+# and the batch's other documents; the compressor at 1e-3), and stage 3 keeps that ranking: the
+# query reasoner stays the compressor's copy, only the generator trains
 extra2="model.retrieval_score=maxsim retrieval_weight=1.0 retrieval_docs=10 retrieval_in_batch=true adapter_lr.compressor=1e-3"
 extra3="train_query_reasoner=false"
-steps2=240
 if [ "$RATIO" = 4 ]; then
     # stage 1c (session 18): stage 1 widened to 32 memory tokens (each <MEMi> row repeated; session
     # 18 widened step 850, the shipped default's stage-1 weights: scripts/restore_step850.sh), half
     # of the examples read the span means (the oracle) instead of the compressor's memory; stages 2
-    # and 3 are then the ratio-16 recipe above. Session 9's ratio-4 model instead added a stage 1d
+    # and 3 are then the recipe below. Session 9's ratio-4 model instead added a stage 1d
     # with the span-mean loss (span_weight=2.0, 200 steps, seed 2) and trained stages 2-3 with
     # span_weight=2.0 recon_mix=0.5 and no retrieval loss; its query reasoner retrieved far worse
     # (docs/training.md, sessions 9 and 18)
@@ -40,7 +39,7 @@ if [ "$RATIO" = 4 ]; then
 fi
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
-    $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-$steps2} save_every=20 log_every=5
+    $cpu bow_weight=1.0 $extra2 max_steps=${STEPS2:-240} save_every=20 log_every=5
 # stage 3: generator (query reasoner frozen) through differentiable top-k over 20 cached
 # candidates, scored by late interaction (max-sim), the score the shipped checkpoint retrieves with
 clara train e2e -c configs/default/e2e.yaml init=runs/instruct${RATIO}/final output_dir=runs/e2e${RATIO} \
