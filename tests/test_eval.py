@@ -177,3 +177,24 @@ def test_full_text_lora_reads_text_with_the_text_checkpoint(tiny_checkpoints, tm
     # same retriever (CLaRa's top-k) as full-text, a different reader (perturbed LoRA vs plain backbone)
     assert rows[("full-text-lora", "hp1")]["retrieved"] == rows[("full-text", "hp1")]["retrieved"]
     assert rows[("gold-text-lora", "hp1")]["retrieved"] == ["hp1:0", "hp1:1"]
+
+
+def test_clara_reader_on_gold_and_bm25_documents(tiny_checkpoints, tmp_path: Path):
+    """gold-clara and bm25-clara: CLaRa's compressed reader on the gold documents / BM25's top-k,
+    once per checkpoint; the answer is exactly what the model generates from those documents' memory."""
+    out = tmp_path / "run"
+    cfg = EvalConfig(data=str(FIX / "hotpot_distractor.json"), out_dir=str(out), checkpoints=[str(tiny_checkpoints[0])],
+                     systems=["gold-clara", "bm25-clara", "bm25"], top_k=2, limit=2, max_new_tokens=4, batch_size=2,
+                     device="cpu", progress=False)
+    systems = run_eval(cfg)["systems"]
+    assert set(systems) == {"gold-clara", "bm25-clara", "bm25"}
+    assert systems["gold-clara"]["info"]["reader"] == "clara" and systems["gold-clara"]["info"]["compression_ratio"] == 4
+    rows = {(r["system"], r["id"]): r for r in _rows(out / "predictions.jsonl")}
+    assert rows[("gold-clara", "hp1")]["retrieved"] == ["hp1:0", "hp1:1"]
+    assert rows[("bm25-clara", "hp2")]["retrieved"] == rows[("bm25", "hp2")]["retrieved"]
+    model = ClaraModel.from_pretrained(tiny_checkpoints[0], device="cpu")
+    ex = {e.id: e for e in load_qa(FIX / "hotpot_distractor.json")}["hp1"]
+    gold = [d for d in ex.docs if d.id in ("hp1:0", "hp1:1")]
+    with torch.no_grad():
+        expected = model.generate([ex.question], [model.compress([d.full_text() for d in gold])], max_new_tokens=4)[0]
+    assert rows[("gold-clara", "hp1")]["prediction"] == expected

@@ -257,13 +257,56 @@ def test_top_token_readout(arch_model: ClaraModel, tmp_path):
     assert (again.config.mem_readout, again.config.readout_tokens) == ("top_tokens", r)
 
 
+def test_sub_span_readout(arch_model: ClaraModel, tmp_path):
+    """mem_readout="sub_spans": each state is split into r states by low-rank maps and each is
+    read as a soft token. Fresh maps read every slot's soft token r times (so a soft_tokens
+    checkpoint continues where it was); trained maps give r different rows; the generator loss
+    reaches the compressor and the maps; the maps survive a save/load; a checkpoint with maps
+    is refused by a model that would ignore them."""
+    r = 4
+    arch_model.save_pretrained(tmp_path / "soft_states")  # the fixture's readout: raw states
+    base = ClaraModel.from_pretrained(tmp_path / "soft_states", mem_readout="soft_tokens")
+    sub = ClaraModel.from_pretrained(tmp_path / "soft_states", mem_readout="sub_spans", readout_tokens=r)
+    n_mem, h = sub.config.n_mem, sub.hidden_size
+    assert (sub.config.n_read, sub.config.n_spans) == (n_mem * r, n_mem * r)
+    with torch.no_grad():
+        states = sub.compress(DOCS[:2])  # (2, n_mem, H)
+        rows = sub.read_rows(states)  # (2, n_mem * r, H), slot-major
+        torch.testing.assert_close(rows.view(2, n_mem, r, h), base.read_rows(states).unsqueeze(2).expand(2, n_mem, r, h))
+        sub.mem_split.up.normal_(0, 0.05)
+        split = sub.anchor_states(states).view(2, n_mem, r, h)  # the states each row is read from
+        assert (split[:, :, 0] - split[:, :, 1]).norm() > 0.01 * split[:, :, 0].norm()
+        assert not torch.allclose(sub.read_rows(states), rows)
+        prompt = sub._tokenize_prompts(sub.answer_prompts(["Who?"], [2]))
+        assert int(torch.isin(torch.tensor(prompt[0]), torch.tensor(sub.special.mem)).sum()) == 2 * n_mem * r
+        assert len(sub.generate(["Who?"], [states], max_new_tokens=2)) == 1
+    sub.set_trainable(("compressor", "generator"), mem_rows=True)
+    loss = sub.generator_loss(sub.answer_prompts(["Where?"], [1]), ["Paris"], [sub.compress(DOCS[:1])])
+    loss.backward()
+    grads = {n: p.grad for n, p in sub.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(".compressor." in n for n in grads) and {"mem_split.down", "mem_split.up"} <= set(grads)
+    sub.set_trainable(("compressor",))
+    assert not sub.mem_split.up.requires_grad  # the maps train with the generator
+    sub.save_pretrained(tmp_path / "sub")
+    again = ClaraModel.from_pretrained(tmp_path / "sub")
+    assert (again.config.mem_readout, again.config.readout_tokens) == ("sub_spans", r)
+    torch.testing.assert_close(again.mem_split.up, sub.mem_split.up)
+    torch.testing.assert_close(again.mem_split.down, sub.mem_split.down)
+    with pytest.raises(CheckpointError, match="mem_split"):
+        ClaraModel.from_pretrained(tmp_path / "sub", mem_readout="soft_tokens", readout_tokens=1)
+    with pytest.raises(CheckpointError, match="mem_split shapes"):
+        ClaraModel.from_pretrained(tmp_path / "sub", readout_tokens=2)
+
+
 def test_readout_tokens_is_checked():
     from clara import ClaraConfig
 
     with pytest.raises(ValueError, match="readout_tokens must be >= 1"):
         ClaraConfig(mem_readout="top_tokens", readout_tokens=0)
-    with pytest.raises(ValueError, match="needs mem_readout='top_tokens'"):
+    with pytest.raises(ValueError, match="needs mem_readout in"):
         ClaraConfig(mem_readout="soft_tokens", readout_tokens=4)
+    with pytest.raises(ValueError, match="more than doc_max_len=16"):
+        ClaraConfig(mem_readout="sub_spans", readout_tokens=4, compression_ratio=2, doc_max_len=16)
     with pytest.raises(ValueError, match="apple"):
         ClaraConfig(mem_readout="top_tokens", readout_tokens=2, prompt_style="apple")
     assert ClaraConfig(mem_readout="top_tokens", readout_tokens=4, doc_max_len=128).n_read == 32

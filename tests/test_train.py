@@ -80,6 +80,34 @@ def test_top_token_readout_trains_and_refuses_span_targets(tmp_path, backbones):
         make_step(TrainConfig(**{**cfg.to_dict(), "span_weight": 1.0}))(model, batch)
 
 
+def test_sub_span_readout_anchors_narrower_spans_and_trains(tmp_path, backbones):
+    """mem_readout="sub_spans": the anchoring and the span-mean targets have one span per
+    generator row (n_mem * r), so oracle_mix and span_weight apply; stage 1 with all three learns."""
+    model_cfg = tiny_config(backbones["mistral"], mem_readout="sub_spans", readout_tokens=2).to_dict()
+    model = ClaraModel.from_backbone(ClaraConfig(**model_cfg))
+    n_mem, n_spans = model.config.n_mem, model.config.n_spans
+    assert n_spans == 2 * n_mem
+    docs = ["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"]
+    rows, slots, ids = span_targets(model, docs)
+    assert slots.tolist() == [j * n_spans // len(ids) for j in range(len(ids))]
+    assert span_means(model, docs).shape == (1, n_spans, model.hidden_size)
+    with torch.no_grad():  # by hand: each token's log-probability under its own sub-span's split state
+        states = model.compress(docs)
+        logp = F.log_softmax(model.logits(model.anchor_states(states)[0]), dim=-1)  # (n_spans, V)
+        by_hand = -logp[slots, ids].mean()
+        torch.testing.assert_close(bow_loss(model, docs, states), by_hand)
+        assert span_loss(model, docs, states).item() > 0
+    cfg = scp_cfg(tmp_path, backbones["mistral"], max_rows=4, bow_weight=1.0, span_weight=1.0, oracle_mix=0.5,
+                  lr=1e-2, model=model_cfg)
+    train(cfg)
+    logged = metrics(tmp_path / "run")
+    bow, span = [m["bow"] for m in logged], [m["span"] for m in logged]
+    assert bow[-1] < bow[0] - 0.2
+    assert span[-1] < span[0]
+    loaded = ClaraModel.from_pretrained(tmp_path / "run" / "final")
+    assert loaded.mem_split is not None and loaded.mem_split.up.abs().sum() > 0  # the maps trained and were saved
+
+
 def test_mse_term_matches_hand_computation(backbones):
     model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
     docs = ["Paris is the capital of France.", "A much longer document about the history of the Eiffel tower in Paris."]

@@ -2,7 +2,8 @@
 
 ``model.safetensors`` holds only what training changes: the three LoRA adapters
 (keys ``<adapter>/<peft key>``), the memory-token embedding rows (``mem_rows``) and, with
-``mem_readout="soft_tokens_linear"``, the readout map (``mem_proj``).
+``mem_readout="soft_tokens_linear"``, the readout map (``mem_proj``); with ``"sub_spans"``, its maps
+(``mem_split.down``, ``mem_split.up``).
 ``config.json`` records the format version, the ClaraConfig and a fingerprint of the
 backbone, so a checkpoint refuses to load onto a different backbone.
 """
@@ -103,6 +104,8 @@ def save_checkpoint(
     tensors["mem_rows"] = model.mem_rows
     if model.mem_proj is not None:
         tensors["mem_proj"] = model.mem_proj.weight
+    if model.mem_split is not None:
+        tensors["mem_split.down"], tensors["mem_split.up"] = model.mem_split.down, model.mem_split.up
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -216,7 +219,24 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
             f"{folder / WEIGHTS} has a learned readout map (mem_proj) that mem_readout="
             f"{model.config.mem_readout!r} would ignore; load it with mem_readout='soft_tokens_linear'"
         )
+    split = {k: tensors.pop(f"mem_split.{k}") for k in ("down", "up") if f"mem_split.{k}" in tensors}
+    if split and model.mem_split is None:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} has sub-span readout maps (mem_split) that mem_readout="
+            f"{model.config.mem_readout!r} would ignore; load it with mem_readout='sub_spans'"
+        )
     with torch.no_grad():
+        if model.mem_split is not None:
+            if not split:  # e.g. stage 1 continued from a soft_tokens checkpoint: up = 0, each row the state itself
+                log.info("%s has no sub-span maps: mem_split starts fresh (each slot read as its soft token, r times)", folder)
+            elif len(split) != 2 or split["down"].shape != model.mem_split.down.shape or split["up"].shape != model.mem_split.up.shape:
+                raise CheckpointError(
+                    f"{folder / WEIGHTS}: mem_split shapes {[tuple(v.shape) for v in split.values()]} do not match "
+                    f"readout_tokens={model.config.readout_tokens}, lora_r={model.config.lora_r}"
+                )
+            else:
+                model.mem_split.down.copy_(split["down"])
+                model.mem_split.up.copy_(split["up"])
         model.mem_rows.copy_(fit_mem_rows(tensors.pop("mem_rows"), model.config.n_mem, folder))
         if model.mem_proj is not None:
             if proj is None:  # e.g. stage 1 continued from a soft_tokens checkpoint

@@ -23,7 +23,9 @@ DEFAULT_BACKBONE = "smollm2-135m-instruct"
 _DTYPES = ("float32", "bfloat16", "float16")
 _PROMPT_STYLES = ("clara", "apple")
 #: How the generator reads memory states (ClaraModel.read_memory).
-READOUTS = ("states", "soft_tokens", "soft_tokens_linear", "top_tokens")
+READOUTS = ("states", "soft_tokens", "soft_tokens_linear", "top_tokens", "sub_spans")
+#: Readouts that give the generator several rows per memory slot (``readout_tokens``).
+MULTI_ROW_READOUTS = ("top_tokens", "sub_spans")
 
 
 @dataclass
@@ -57,11 +59,12 @@ class ClaraConfig:
         metadata={"help": "How the generator reads memory: 'states' (the paper: raw final states), "
                           "'soft_tokens' (embedding average under the output head's distribution) or "
                           "'soft_tokens_linear' (soft tokens plus a learned linear map of the unit state, zero at first) or "
-                          "'top_tokens' (the input embeddings of each state's readout_tokens most likely tokens)."},
+                          "'top_tokens' (the input embeddings of each state's readout_tokens most likely tokens) or "
+                          "'sub_spans' (each state split by learned low-rank maps into readout_tokens soft tokens, one per sub-span)."},
     )
     readout_tokens: int = field(
         default=1,
-        metadata={"help": "Generator input rows per memory slot under mem_readout='top_tokens' (1 for the other readouts)."},
+        metadata={"help": "Generator input rows per memory slot under mem_readout='top_tokens' or 'sub_spans' (1 for the others)."},
     )
     mem_scale: float = field(
         default=1.0,
@@ -86,8 +89,15 @@ class ClaraConfig:
             raise ValueError(f"mem_readout must be one of {READOUTS}, got {self.mem_readout!r}")
         if self.readout_tokens < 1:
             raise ValueError(f"readout_tokens must be >= 1, got {self.readout_tokens}")
-        if self.readout_tokens > 1 and self.mem_readout != "top_tokens":
-            raise ValueError(f"readout_tokens={self.readout_tokens} needs mem_readout='top_tokens' (the others give one row per slot)")
+        if self.readout_tokens > 1 and self.mem_readout not in MULTI_ROW_READOUTS:
+            raise ValueError(
+                f"readout_tokens={self.readout_tokens} needs mem_readout in {MULTI_ROW_READOUTS} (the others give one row per slot)"
+            )
+        if self.mem_readout == "sub_spans" and self.n_read > self.doc_max_len:
+            raise ValueError(
+                f"sub_spans splits each document into n_mem * readout_tokens = {self.n_read} spans, more than "
+                f"doc_max_len={self.doc_max_len} tokens"
+            )
         if self.readout_tokens > 1 and self.prompt_style == "apple":
             raise ValueError("prompt_style='apple' has one placeholder per memory slot: use readout_tokens=1")
         if self.retrieval_score not in SCORES:
@@ -104,6 +114,12 @@ class ClaraConfig:
     def n_read(self) -> int:
         """Generator input rows per document: n_mem * readout_tokens (the index still stores n_mem states)."""
         return self.n_mem * self.readout_tokens
+
+    @property
+    def n_spans(self) -> int:
+        """Spans per document that memory is anchored to (clara.train.bow): one per generator row
+        under ``sub_spans``, one per memory slot otherwise."""
+        return self.n_read if self.mem_readout == "sub_spans" else self.n_mem
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -41,6 +41,9 @@ MERGE_MIN_TEXTS = 16
 # before the first memory slot: ~40 tokens, the same for every question) when it is at least this long.
 PREFIX_MIN_TOKENS = 8
 
+#: Parameter-name prefixes of the learned readout maps (trained with the generator adapter).
+READOUT_MAPS = ("mem_proj.", "mem_split.")
+
 
 def row_means(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
     """Mean of ``values`` (T,) per row index ``rows`` (T,): (n,); rows with no value get 0.
@@ -67,6 +70,31 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (left padding)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class SpanSplit(nn.Module):
+    """``mem_readout="sub_spans"``: each memory state (H,) -> ``r`` states (r, H), one per sub-span.
+
+    LoRA-shaped residual maps, ``state_j = state + scale * (state @ down[j]) @ up[j]``, with
+    ``up`` at zero at first: every sub-state starts as the state itself, so a ``soft_tokens``
+    checkpoint continues as if each slot were read r times. Trained with the bag-of-words
+    anchoring on r narrower spans (clara.train.bow), slot i's j-th row learns the words of the
+    j-th quarter (r = 4) of slot i's span: word order at a finer grain than one averaged row
+    per slot, while the index stores and searches the n_mem states alone.
+    """
+
+    def __init__(self, hidden: int, r: int, rank: int, alpha: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        bound = hidden**-0.5  # like a LoRA down-projection: (state @ down) has entries of about |state| / sqrt(H)
+        self.down = nn.Parameter(torch.empty(r, hidden, rank, dtype=dtype).uniform_(-bound, bound))  # (r, H, rank)
+        self.up = nn.Parameter(torch.zeros(r, rank, hidden, dtype=dtype))  # (r, rank, H)
+        self.scale = alpha / rank
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """(M, H) -> (M, r, H)."""
+        x = states.to(self.down.dtype)
+        low = torch.einsum("mh,jhk->mjk", x, self.down)  # (M, r, rank)
+        return (x.unsqueeze(1) + self.scale * torch.einsum("mjk,jkh->mjh", low, self.up)).to(states.dtype)
 
 
 class ClaraModel(nn.Module):
@@ -106,6 +134,9 @@ class ClaraModel(nn.Module):
         if config.mem_readout == "soft_tokens_linear":
             self.mem_proj = nn.Linear(emb.shape[1], emb.shape[1], bias=False).to(emb.dtype)
             nn.init.zeros_(self.mem_proj.weight)
+        self.mem_split: SpanSplit | None = None
+        if config.mem_readout == "sub_spans":
+            self.mem_split = SpanSplit(emb.shape[1], config.readout_tokens, config.lora_r, config.lora_alpha, emb.dtype)
         # adapter switching walks this list, not the whole module tree (peft's model-level
         # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
         self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
@@ -170,8 +201,8 @@ class ClaraModel(nn.Module):
     def set_trainable(self, adapters: Sequence[str] = (), mem_rows: bool = False) -> None:
         """Make exactly these adapters (and optionally the memory rows) trainable; freeze the rest.
 
-        The readout map (``mem_proj``, if any) is the generator's side of reading memory: it
-        trains with the generator adapter.
+        The readout maps (``mem_proj``, ``mem_split``, if any) are the generator's side of reading
+        memory: they train with the generator adapter.
         """
         unknown = set(adapters) - set(ADAPTERS)
         if unknown:
@@ -179,7 +210,7 @@ class ClaraModel(nn.Module):
         self._trainable = frozenset(adapters)
         for name, p in self.named_parameters():  # the backbone stays frozen
             p.requires_grad_(
-                (name == "mem_rows" and mem_rows) or (name.startswith("mem_proj.") and "generator" in adapters)
+                (name == "mem_rows" and mem_rows) or (name.startswith(READOUT_MAPS) and "generator" in adapters)
             )
         self._restore_grad_flags()
 
@@ -471,12 +502,15 @@ class ClaraModel(nn.Module):
         ``soft_tokens_linear`` adds ``mem_proj(state / |state|)``, a learned linear map (zero at first).
         ``top_tokens`` gives each state ``readout_tokens`` rows: the input embeddings of its most
         likely tokens, most likely first (slot-major: state 0's rows, then state 1's, ...).
+        ``sub_spans`` splits each state into ``readout_tokens`` states (``SpanSplit``) and reads
+        each as a soft token (slot-major as well).
         """
         if self.config.mem_readout == "states":
             return states * self.config.mem_scale
         emb = self.lm.get_input_embeddings()
         if self.config.mem_readout == "top_tokens":
             return self._top_token_rows(states, emb.weight) * self.config.mem_scale
+        states = self.anchor_states(states)
         probs = torch.softmax(self.logits(states), dim=-1)  # (M, V)
         soft = self._embed_scaled(probs.to(emb.weight.dtype) @ emb.weight)  # (M, H)
         if self.mem_proj is not None:
@@ -500,6 +534,15 @@ class ClaraModel(nn.Module):
         p, ids = probs.topk(r, dim=-1)  # (M, r)
         rows = table[ids] * (1 + p - p.detach()).unsqueeze(-1).to(table.dtype)  # (M, r, H)
         return self._embed_scaled(rows.reshape(-1, rows.shape[-1]))
+
+    def anchor_states(self, states: torch.Tensor) -> torch.Tensor:
+        """States (..., n, H) -> the states whose output-head distributions the generator reads:
+        (..., n * readout_tokens, H) split by ``mem_split`` under ``sub_spans``, else unchanged.
+        """
+        if self.mem_split is None:
+            return states
+        split = self.mem_split(states.reshape(-1, states.shape[-1]))  # (M, r, H)
+        return split.reshape(*states.shape[:-2], -1, states.shape[-1])
 
     def read_rows(self, states: torch.Tensor) -> torch.Tensor:
         """Memory states (N, n_mem, H) -> the generator's input rows (N, n_read, H)."""

@@ -20,7 +20,8 @@ def eval_command(
     ),
     system: list[str] = typer.Option(
         ["clara", "closed-book", "full-text", "bm25", "minilm"], "--system", "-s",
-        help="clara, closed-book, full-text, gold-text, bm25, minilm; repeat the option.",
+        help="clara, closed-book, full-text, gold-text, bm25, minilm, full-text-lora, gold-text-lora, "
+        "gold-clara, bm25-clara (CLaRa's reader on the gold documents / BM25's top-k); repeat the option.",
     ),
     setting: str = typer.Option("oracle", help="oracle (own candidates) or normal (all documents pooled)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Force the QA format instead of detecting it."),

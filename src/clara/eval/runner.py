@@ -11,7 +11,9 @@ Systems share one backbone: ``clara`` (memory-state retrieval and reading, per c
 ``gold-text`` (the gold documents as raw text), ``bm25`` and ``minilm`` (their top-k as raw
 text). ``full-text-lora`` and ``gold-text-lora`` read the same text with the generator LoRA of
 ``text_checkpoint`` (trained by ``clara train text`` on the same QA data: the fair full-text
-RAG baseline). ``retrieval_only`` scores Recall@k alone and generates nothing.
+RAG baseline). ``gold-clara`` and ``bm25-clara`` are CLaRa's reader (compressed memory) given
+the gold documents or BM25's top-k: how much of its answers' gap is retrieval and how much
+reading. ``retrieval_only`` scores Recall@k alone and generates nothing.
 
 From Python::
 
@@ -57,6 +59,8 @@ SYSTEMS: dict[str, tuple[str | None, str]] = {
     "minilm": ("minilm", "text"),
     "full-text-lora": ("clara", "text-lora"),
     "gold-text-lora": ("gold", "text-lora"),
+    "gold-clara": ("gold", "clara"),
+    "bm25-clara": ("bm25", "clara"),
 }
 RECALL_KS = (1, 3, 5)
 

@@ -31,7 +31,8 @@ def adapter_hash(model: "ClaraModel", adapters: tuple[str, ...] = ("compressor",
     digest = hashlib.sha256()
     params = dict(model.named_parameters())
     for name in sorted(params):
-        if name in ("mem_rows", "mem_proj.weight") or any(f".{a}." in name for a in adapters):
+        split = name.startswith("mem_split.") and "generator" in adapters  # reads states, shapes no stored row
+        if name in ("mem_rows", "mem_proj.weight") or split or any(f".{a}." in name for a in adapters):
             value = params[name].detach().to("cpu", torch.bfloat16).contiguous()
             digest.update(name.encode())
             digest.update(value.view(torch.int16).numpy().tobytes())

@@ -31,10 +31,11 @@ from ..model import ClaraModel, row_means
 def span_targets(model: ClaraModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every kept document token: (row, slot, token id), each a (T,) tensor.
 
-    Token ``j`` of a document with ``L`` kept tokens belongs to slot ``j * n_mem // L``, so
-    short documents spread over all slots too.
+    Token ``j`` of a document with ``L`` kept tokens belongs to span ``j * n // L``, so short
+    documents spread over all spans too; ``n`` is ``config.n_spans`` (``n_mem``, or one span per
+    generator row under ``mem_readout="sub_spans"``), and "slot" below means such a span's row.
     """
-    n_mem, max_len = model.config.n_mem, model.config.doc_max_len
+    n_mem, max_len = model.config.n_spans, model.config.doc_max_len
     bodies = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     rows, slots, ids = [], [], []
     for b, body in enumerate(bodies):
@@ -53,20 +54,20 @@ def bow_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> t
     ``states``: (B, n_mem, H), the compressor's memory states of ``texts``.
     """
     rows, slots, ids = span_targets(model, texts)
-    logp = F.log_softmax(model.logits(states), dim=-1)  # (B, n_mem, V)
+    logp = F.log_softmax(model.logits(model.anchor_states(states)), dim=-1)  # (B, n_spans, V)
     return row_means(-logp[rows, slots, ids], rows, states.shape[0]).mean()  # mean of per-document means
 
 
 @torch.no_grad()
 def span_means(model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
-    """Each slot's span, as the mean input embedding of its tokens: (B, n_mem, H), no gradient.
+    """Each slot's span, as the mean input embedding of its tokens: (B, n_spans, H), no gradient.
 
     This is the soft token (``mem_readout="soft_tokens"``) of a perfect anchoring, whose output
     distribution is each span's empirical token distribution: the best the compressor can
     write under ``bow_loss``, and an oracle memory for the generator to learn to read.
     """
     rows, slots, ids = span_targets(model, texts)
-    n_mem = model.config.n_mem
+    n_mem = model.config.n_spans
     flat = rows * n_mem + slots  # (T,) index of (document, slot)
     tok = model.embed(ids.unsqueeze(0))[0]  # (T, H), scaled like any input row
     sums = torch.zeros(len(texts) * n_mem, tok.shape[-1], dtype=tok.dtype, device=tok.device).index_add_(0, flat, tok)
@@ -83,15 +84,16 @@ def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> 
     over processes gives the same value.
     """
     require_one_row_per_slot(model)
-    read = model.read_rows(states)  # (B, n_mem, H)
+    read = model.read_rows(states)  # (B, n_read, H), n_read = n_spans here
     return _relative_gap(read, span_means(model, texts).to(read.dtype))
 
 
 def require_one_row_per_slot(model: ClaraModel) -> None:
-    """Refuse a model whose generator reads several rows per slot: span means are one row per slot
-    (span_loss, span_gap and stage 1's oracle_mix all compare or swap them with the read rows)."""
+    """Refuse a model whose generator reads several rows per anchored span (``top_tokens`` with
+    readout_tokens > 1): span means are one row per span (span_loss, span_gap and stage 1's
+    oracle_mix all compare or swap them with the read rows)."""
     r = model.config.readout_tokens
-    if model.config.n_read != model.config.n_mem:
+    if model.config.n_read != model.config.n_spans:
         raise ValueError(
             f"the span-mean target has one row per memory slot; readout_tokens={r} gives {r} rows per slot: "
             "use span_weight=0 and oracle_mix=0 with it"

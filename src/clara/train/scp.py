@@ -48,7 +48,7 @@ def make_step(cfg: TrainConfig):
 
 
 def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: torch.Tensor) -> torch.Tensor:
-    """``read`` (B, n_mem, H) with the rows of a reproducible ``oracle_mix`` share of examples
+    """``read`` (B, n_read, H) with the rows of a reproducible ``oracle_mix`` share of examples
     replaced by their documents' span means (bow.span_means).
 
     Small backbones: the generator learns to read clean bag-of-words memory far faster than
@@ -60,7 +60,7 @@ def with_oracle_rows(model: ClaraModel, cfg: TrainConfig, batch: Batch, read: to
     use = drawn(cfg.seed + 1, batch, cfg.oracle_mix)
     if not any(use):
         return read
-    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)  # (B, n_mem, H)
+    oracle = span_means(model, [r.doc for r in batch.rows]).to(read.dtype)  # (B, n_spans, H)
     return torch.where(torch.tensor(use, device=read.device)[:, None, None], oracle, read)
 
 
