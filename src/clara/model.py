@@ -75,26 +75,31 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 class SpanSplit(nn.Module):
     """``mem_readout="sub_spans"``: each memory state (H,) -> ``r`` states (r, H), one per sub-span.
 
-    LoRA-shaped residual maps, ``state_j = state + scale * (state @ down[j]) @ up[j]``, with
-    ``up`` at zero at first: every sub-state starts as the state itself, so a ``soft_tokens``
-    checkpoint continues as if each slot were read r times. Trained with the bag-of-words
-    anchoring on r narrower spans (clara.train.bow), slot i's j-th row learns the words of the
-    j-th quarter (r = 4) of slot i's span: word order at a finer grain than one averaged row
-    per slot, while the index stores and searches the n_mem states alone.
+    Low-rank residual maps on the unit state, in units of the state's norm::
+
+        state_j = state + |state| * (unit(state) @ down[j]) @ up[j]
+
+    with ``up`` at zero at first: every sub-state starts as the state itself, so a
+    ``soft_tokens`` checkpoint continues as if each slot were read r times. Trained with the
+    bag-of-words anchoring on r narrower spans (clara.train.bow), slot i's j-th row learns the
+    words of the j-th of r parts of slot i's span: word order at a finer grain than one averaged
+    row per slot, while the index stores and searches the n_mem states alone. (A LoRA-style
+    map on the raw state, ``down`` at 1/sqrt(H), moved the rows by 1.5% of the state's norm
+    in 125 steps at lr 5e-4: far too slow to learn anything; docs/training.md, session 20.)
     """
 
-    def __init__(self, hidden: int, r: int, rank: int, alpha: float, dtype: torch.dtype) -> None:
+    def __init__(self, hidden: int, r: int, rank: int, dtype: torch.dtype) -> None:
         super().__init__()
-        bound = hidden**-0.5  # like a LoRA down-projection: (state @ down) has entries of about |state| / sqrt(H)
-        self.down = nn.Parameter(torch.empty(r, hidden, rank, dtype=dtype).uniform_(-bound, bound))  # (r, H, rank)
+        self.down = nn.Parameter(torch.randn(r, hidden, rank, dtype=dtype))  # (r, H, rank): unit state -> N(0, 1) codes
         self.up = nn.Parameter(torch.zeros(r, rank, hidden, dtype=dtype))  # (r, rank, H)
-        self.scale = alpha / rank
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """(M, H) -> (M, r, H)."""
         x = states.to(self.down.dtype)
-        low = torch.einsum("mh,jhk->mjk", x, self.down)  # (M, r, rank)
-        return (x.unsqueeze(1) + self.scale * torch.einsum("mjk,jkh->mjh", low, self.up)).to(states.dtype)
+        norm = x.norm(dim=-1, keepdim=True)  # (M, 1); zeroed states stay zero
+        low = torch.einsum("mh,jhk->mjk", x / norm.clamp_min(1e-6), self.down)  # (M, r, rank)
+        delta = torch.einsum("mjk,jkh->mjh", low, self.up) * norm.unsqueeze(1)  # (M, r, H)
+        return (x.unsqueeze(1) + delta).to(states.dtype)
 
 
 class ClaraModel(nn.Module):
@@ -136,7 +141,7 @@ class ClaraModel(nn.Module):
             nn.init.zeros_(self.mem_proj.weight)
         self.mem_split: SpanSplit | None = None
         if config.mem_readout == "sub_spans":
-            self.mem_split = SpanSplit(emb.shape[1], config.readout_tokens, config.lora_r, config.lora_alpha, emb.dtype)
+            self.mem_split = SpanSplit(emb.shape[1], config.readout_tokens, config.lora_r, emb.dtype)
         # adapter switching walks this list, not the whole module tree (peft's model-level
         # set_adapter/disable_adapter cost tens of ms per call: as much as a decode step on CPU)
         self._lora_layers = [m for m in self.peft.modules() if isinstance(m, LoraLayer)]
