@@ -31,29 +31,18 @@ import torch.nn.functional as F
 
 from clara import ClaraModel
 from clara.data.corpus import read_corpus
+from clara.model import row_means
+from clara.train.bow import span_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def part_targets(model: ClaraModel, texts: list[str], n_parts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, part, token id) of every kept token; token j of L belongs to part j * n_parts // L."""
-    bodies = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    rows, parts, ids = [], [], []
-    for b, body in enumerate(bodies):
-        body = body[: model.config.doc_max_len]
-        rows += [b] * len(body)
-        parts += [j * n_parts // len(body) for j in range(len(body))]
-        ids += body
-    return torch.tensor(rows), torch.tensor(parts), torch.tensor(ids)
-
-
 def anchoring_loss(model: ClaraModel, split: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Mean over documents of the mean token loss under its part's state; ``split``: (B, n_parts, H)."""
+    """bow_loss on given part states ``split`` (B, n_parts, H): the mean over documents of each
+    document's mean token loss under its part's output-head distribution."""
     rows, parts, ids = targets
     logp = F.log_softmax(model.logits(split), dim=-1)  # (B, n_parts, V)
-    tok = -logp[rows, parts, ids]
-    per_doc = torch.zeros(split.shape[0]).index_add_(0, rows, tok) / torch.bincount(rows, minlength=split.shape[0])
-    return per_doc.mean()
+    return row_means(-logp[rows, parts, ids], rows, split.shape[0]).mean()
 
 
 def floor(targets: tuple[torch.Tensor, ...], n_docs: int, n_parts: int) -> float:
@@ -103,7 +92,7 @@ def main() -> None:
 
     w = torch.zeros(r, h, h, requires_grad=True)  # full-rank maps, at zero: every part reads the state
     opt = torch.optim.Adam([w], lr=args.lr)
-    test_targets = part_targets(model, test_texts, n_parts)
+    test_targets = span_targets(model, test_texts, n_parts)
     with torch.no_grad():  # = the checkpoint's own anchoring loss: the same tokens under the same slots
         unsplit = anchoring_loss(model, split(test_states, w), test_targets).item()
     curve = []
@@ -111,7 +100,7 @@ def main() -> None:
         order = torch.randperm(len(train_texts))
         for start in range(0, len(order), args.batch):
             idx = order[start : start + args.batch].tolist()
-            loss = anchoring_loss(model, split(train_states[idx], w), part_targets(model, [train_texts[i] for i in idx], n_parts))
+            loss = anchoring_loss(model, split(train_states[idx], w), span_targets(model, [train_texts[i] for i in idx], n_parts))
             opt.zero_grad()
             loss.backward()
             opt.step()

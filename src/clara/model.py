@@ -541,8 +541,9 @@ class ClaraModel(nn.Module):
         return self._embed_scaled(rows.reshape(-1, rows.shape[-1]))
 
     def anchor_states(self, states: torch.Tensor) -> torch.Tensor:
-        """States (..., n, H) -> the states whose output-head distributions the generator reads:
-        (..., n * readout_tokens, H) split by ``mem_split`` under ``sub_spans``, else unchanged.
+        """States -> the states whose output-head distributions the generator reads: under
+        ``sub_spans`` each split by ``mem_split`` into ``readout_tokens`` (slot-major), so (M, H) ->
+        (M * r, H) and (..., n, H) -> (..., n * r, H); otherwise unchanged.
         """
         if self.mem_split is None:
             return states

@@ -28,21 +28,24 @@ import torch.nn.functional as F
 from ..model import ClaraModel, row_means
 
 
-def span_targets(model: ClaraModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def span_targets(
+    model: ClaraModel, texts: Sequence[str], n_spans: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every kept document token: (row, slot, token id), each a (T,) tensor.
 
     Token ``j`` of a document with ``L`` kept tokens belongs to span ``j * n // L``, so short
-    documents spread over all spans too; ``n`` is ``config.n_spans`` (``n_mem``, or one span per
-    generator row under ``mem_readout="sub_spans"``), and "slot" below means such a span's row.
+    documents spread over all spans too; ``n`` is ``n_spans``, by default ``config.n_spans``
+    (``n_mem``, or one span per generator row under ``mem_readout="sub_spans"``), and "slot"
+    below means such a span's row.
     """
-    n_mem, max_len = model.config.n_spans, model.config.doc_max_len
+    n_spans, max_len = n_spans or model.config.n_spans, model.config.doc_max_len
     bodies = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     rows, slots, ids = [], [], []
     for b, body in enumerate(bodies):
         body = body[:max_len]  # the compressor sees the same truncation
         n = len(body)
         rows += [b] * n
-        slots += [j * n_mem // n for j in range(n)]
+        slots += [j * n_spans // n for j in range(n)]
         ids += body
     dev = model.device
     return (torch.tensor(rows, device=dev), torch.tensor(slots, device=dev), torch.tensor(ids, device=dev))
@@ -67,12 +70,12 @@ def span_means(model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
     write under ``bow_loss``, and an oracle memory for the generator to learn to read.
     """
     rows, slots, ids = span_targets(model, texts)
-    n_mem = model.config.n_spans
-    flat = rows * n_mem + slots  # (T,) index of (document, slot)
+    n_spans = model.config.n_spans
+    flat = rows * n_spans + slots  # (T,) index of (document, slot)
     tok = model.embed(ids.unsqueeze(0))[0]  # (T, H), scaled like any input row
-    sums = torch.zeros(len(texts) * n_mem, tok.shape[-1], dtype=tok.dtype, device=tok.device).index_add_(0, flat, tok)
-    counts = torch.bincount(flat, minlength=len(texts) * n_mem).clamp(min=1).unsqueeze(-1)
-    return (sums / counts).view(len(texts), n_mem, -1)
+    sums = torch.zeros(len(texts) * n_spans, tok.shape[-1], dtype=tok.dtype, device=tok.device).index_add_(0, flat, tok)
+    counts = torch.bincount(flat, minlength=len(texts) * n_spans).clamp(min=1).unsqueeze(-1)
+    return (sums / counts).view(len(texts), n_spans, -1)
 
 
 def span_loss(model: ClaraModel, texts: Sequence[str], states: torch.Tensor) -> torch.Tensor:
