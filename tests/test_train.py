@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clara import ClaraConfig, ClaraModel
+from clara import ClaraConfig, ClaraModel, tokens
 from clara.io import DataError
 from clara.score import SCORES, score_candidates
 from clara.train import TrainConfig, train
@@ -21,7 +21,7 @@ from clara.train.batch import Batch
 from clara.train.rows import read_scp, row_rng
 from clara.train.scp import drawn, make_step, scp_prompts
 
-from .conftest import SHARED, perturb_lora, tiny_config
+from .conftest import DOCS, SHARED, perturb_lora, tiny_config
 
 SCP = SHARED / "scp" / "clara_pretrain_qa_1k.jsonl"
 
@@ -836,3 +836,94 @@ def test_corpus_negatives_reach_the_training_questions(tmp_path: Path):
         qa_data(TrainConfig(stage="instruct", data=[str(tmp_path / "q.json")], corpus_negatives=2), {"q"})
     with pytest.raises(ValueError, match="corpus_negatives"):
         TrainConfig(corpus_negatives=-1)
+
+
+def test_token_kl_matches_hand_computation():
+    from clara.train.reader_distill import token_kl
+
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    teacher = torch.tensor([[0.0, 2.0, 0.0], [0.5, 0.5, 2.0]])
+    for t in (1.0, 2.0):
+        p = torch.softmax(teacher / t, -1)
+        q = torch.softmax(student / t, -1)
+        hand = t * t * (p * (p.log() - q.log())).sum(-1)
+        assert torch.allclose(token_kl(student, teacher, t), hand, atol=1e-6)
+    kl = token_kl(student, teacher, 1.0)
+    assert kl[0] > 0.5 and abs(kl[1]) < 1e-6  # same distribution: no loss
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    token_kl(student, teacher, 1.0).sum().backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None  # the teacher is a constant
+
+
+def test_reader_teacher_reads_the_same_documents_as_text(backbones):
+    from clara.train.reader_distill import ReaderTeacher, answer_losses
+
+    model = ClaraModel.from_backbone(tiny_config(backbones["mistral"]))
+    perturb_lora(model, 0.5)  # peaked distributions, so reading memory instead of text shows
+    teacher = ReaderTeacher(model, temperature=2.0)
+    questions, answers = ["Who edits Thrasher?", "Where is the tower?"], ["Jake Phelps", "Paris"]
+    texts = [DOCS[:2], DOCS[1:]]
+    # a student that reads the very same text prompts with the teacher's weights matches it exactly
+    prompts = [tokens.text_prompt(model.tokenizer, q, t, model.config.doc_max_len) for q, t in zip(questions, texts)]
+    none = [torch.zeros(0, model.config.n_mem, model.hidden_size)] * 2
+    ce, kl = answer_losses(model, prompts, answers, none, 16, teacher, questions, texts)
+    assert kl is not None and kl.shape == (2,) and kl.abs().max() < 1e-5
+    assert torch.allclose(ce, model.generator_loss(prompts, answers, none, per_example=True, max_target_len=16))
+    # reading compressed memory instead, it does not, and the KL is per question
+    states = model.compress(DOCS).detach()
+    mem = [states[:2], states[1:]]
+    ce2, kl2 = answer_losses(model, model.answer_prompts(questions, [2, 2]), answers, mem, 16, teacher, questions, texts)
+    assert (kl2 > 1e-3).all(), kl2
+    ce1, kl1 = answer_losses(model, model.answer_prompts(questions[:1], [2]), answers[:1], mem[:1], 16, teacher,
+                             questions[:1], texts[:1])
+    assert torch.allclose(kl1, kl2[:1], atol=1e-5) and torch.allclose(ce1, ce2[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="questions and document texts"):
+        answer_losses(model, prompts, answers, none, 16, teacher)
+
+
+def test_reader_teacher_distils_into_instruct_and_e2e(tmp_path, backbones):
+    from clara.data.qa import load_qa
+    from clara.train import e2e
+    from clara.train.reader_distill import ReaderTeacher
+
+    train(qa_cfg(tmp_path, "text", backbone=backbones["qwen2"], max_steps=3))
+    teacher_dir = tmp_path / "text" / "final"
+    teacher_files = {p.name: p.read_bytes() for p in teacher_dir.iterdir() if p.is_file()}
+    train(qa_cfg(tmp_path, "instruct", backbone=backbones["qwen2"], reader_teacher=str(teacher_dir), max_steps=6))
+    rows = metrics(tmp_path / "instruct")
+    assert all("reader_kl" in r and r["reader_kl"] > 0 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    # the loss is the cross-entropy plus the weighted KL plus stage 2's memory terms
+    assert all(r["loss"] == pytest.approx(r["ce"] + r["reader_kl"] + 0.1 * r["mse"], rel=1e-4) for r in rows)
+    assert {p.name: p.read_bytes() for p in teacher_dir.iterdir() if p.is_file()} == teacher_files  # frozen
+
+    # stage 3: the teacher reads the text of the candidates the student picked, in rank order
+    model = ClaraModel.from_pretrained(tmp_path / "instruct" / "final")
+    model.init_query_reasoner_from_compressor()
+    model.set_trainable(("query_reasoner", "generator"), mem_rows=False)
+    exs = e2e.add_candidates(load_qa(FIXTURES / "hotpot_distractor.json")[:2], 4, 0)
+    cache = {d.id: s for ex in exs for d, s in zip(ex.docs, model.compress([d.full_text() for d in ex.docs]).detach())}
+    teacher = ReaderTeacher.load(str(teacher_dir))
+    seen: list = []
+    real = teacher.logits
+    teacher.logits = lambda q, texts, *a: seen.append(texts) or real(q, texts, *a)  # type: ignore[method-assign]
+    cfg = TrainConfig(stage="e2e", k_docs=2, tau=1.0, reader_teacher=str(teacher_dir), reader_distill_weight=0.5)
+    loss, parts = model(e2e.make_step(cfg, cache, teacher), Batch(exs, [0, 1], 0))
+    loss.backward()
+    q = model.encode_query([ex.question for ex in exs])
+    picks = score_candidates(q, e2e.cached_candidates(cache, exs), model.config.retrieval_score).topk(2, -1).indices
+    assert seen == [[[ex.docs[i].full_text() for i in row] for ex, row in zip(exs, picks.tolist())]]
+    assert loss.item() == pytest.approx(parts["ce"] + 0.5 * parts["reader_kl"], rel=1e-4)
+    named = dict(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if ".generator." in n)
+    assert all(p.grad is None for p in teacher.model.parameters())
+
+
+def test_reader_teacher_config_is_checked():
+    with pytest.raises(ValueError, match="reader_teacher distils answers in stages instruct and e2e"):
+        TrainConfig(stage="scp", reader_teacher="runs/text/final")
+    with pytest.raises(ValueError, match="reader_distill_weight must be >= 0"):
+        TrainConfig(stage="instruct", reader_distill_weight=-1)
+    with pytest.raises(ValueError, match="reader_distill_temperature must be > 0"):
+        TrainConfig(stage="instruct", reader_distill_temperature=0)

@@ -581,9 +581,28 @@ class ClaraModel(nn.Module):
         """Next-token loss of ``targets`` after ``prompts`` reading ``doc_states`` (prompt masked).
 
         Returns the mean over target tokens, or with ``per_example`` a (B,) tensor of each
-        example's mean. Only target positions go through the output head (memory-cheap).
-        Targets longer than ``max_target_len`` tokens are cut (and then get no end token).
-        With ``pre_read`` the states already are generator input rows (``read_memory``'s output).
+        example's mean. Arguments as :meth:`target_logits`.
+        """
+        logits, labels, rows = self.target_logits(prompts, targets, doc_states, adapter, max_target_len, pre_read)
+        tok_loss = F.cross_entropy(logits, labels, reduction="none")
+        return row_means(tok_loss, rows, len(prompts)) if per_example else tok_loss.mean()
+
+    def target_logits(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        doc_states: Sequence[torch.Tensor],
+        adapter: str | None = "generator",
+        max_target_len: int | None = None,
+        pre_read: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The generator's logits where it predicts ``targets`` after ``prompts`` reading ``doc_states``.
+
+        Returns logits (N, V) for the N target tokens of all examples (example by example, in
+        order), their labels (N,) and each one's example index (N,). Only target positions go
+        through the output head (memory-cheap). Targets longer than ``max_target_len`` tokens are
+        cut (and then get no end token). With ``pre_read`` the states already are generator input
+        rows (``read_memory``'s output).
         """
         doc_states = self._check_states(doc_states, len(prompts), "doc_states", pre_read)
         if len(targets) != len(prompts):
@@ -605,11 +624,7 @@ class ClaraModel(nn.Module):
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)
             ).last_hidden_state
         sel = labels != -100
-        logits = self.logits(hidden[sel])  # (n_target_tokens, V)
-        tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
-        if not per_example:
-            return tok_loss.mean()
-        return row_means(tok_loss, sel.nonzero()[:, 0], len(prompts))  # example index of each target token
+        return self.logits(hidden[sel]), labels[sel], sel.nonzero()[:, 0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final states (..., H) -> float32 next-token logits (..., V) of the backbone's output head."""

@@ -139,12 +139,15 @@ def cut(tokenizer: PreTrainedTokenizerBase, text: str, max_len: int) -> str:
     return text if len(ids) <= max_len else tokenizer.decode(ids[:max_len])
 
 
-def text_prompt(tokenizer: PreTrainedTokenizerBase, question: str, docs: list[str]) -> str:
+def text_prompt(tokenizer: PreTrainedTokenizerBase, question: str, docs: list[str], max_len: int | None = None) -> str:
     """The answer prompt with documents as raw text (full-text RAG baselines; none = closed-book).
 
     Same system text and question layout as CLaRa's ``answer`` prompt, so only the
-    document representation differs between a text reader and CLaRa.
+    document representation differs between a text reader and CLaRa. With ``max_len`` each
+    document is :func:`cut` to that many tokens, the text the compressor sees.
     """
+    if max_len is not None:
+        docs = [cut(tokenizer, d, max_len) for d in docs]
     if not docs:
         return chat(tokenizer, QA_SYSTEM, f"Question:{question}")
     background = "\n\n".join(f"[{i + 1}] {d}" for i, d in enumerate(docs))

@@ -52,8 +52,7 @@ class TextReader:
         self.doc_max_len = doc_max_len or model.config.doc_max_len
 
     def prompt(self, question: str, docs: Sequence[Document]) -> str:
-        cut = [tokens.cut(self.model.tokenizer, d.full_text(), self.doc_max_len) for d in docs]
-        return tokens.text_prompt(self.model.tokenizer, question, cut)
+        return tokens.text_prompt(self.model.tokenizer, question, [d.full_text() for d in docs], self.doc_max_len)
 
     @torch.no_grad()
     def answer(self, questions: Sequence[str], docs: Sequence[Sequence[Document]]) -> list[str]:

@@ -65,6 +65,9 @@ class TrainConfig:
     distill_top: int = field(default=0, metadata={"help": "Distil over each question's top candidates by the current scores only, as Atlas distils over what it retrieved (0 = all n_candidates; the teacher reads each once per step)."})
     distill_teacher_temperature: float = field(default=0.25, metadata={"help": "Temperature on the teacher's per-token losses (nats) in its softmax over candidates (at 135M they spread ~0.5 nats)."})
     distill_score_temperature: float = field(default=0.02, metadata={"help": "Temperature on the retrieval scores (in [-1, 1]; at 135M a question's candidates spread ~0.04) in the query reasoner's softmax over candidates."})
+    reader_teacher: str = field(default="", metadata={"help": "A full-text reader checkpoint (`clara train text`) whose answer distributions, reading the same documents as text, the generator also learns (instruct, e2e; train.reader_distill; empty = off)."})
+    reader_distill_weight: float = field(default=1.0, metadata={"help": "Weight of the per-token KL towards reader_teacher, added to the answer's cross-entropy."})
+    reader_distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature T of that KL (scaled by T^2)."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, task choice and dropout."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (accelerate autocast)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
@@ -88,7 +91,7 @@ class TrainConfig:
         for name in ("oracle_mix", "memory_dropout", "recon_mix"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight", "retrieval_weight"):
+        for name in ("mse_weight", "bow_weight", "span_weight", "distill_weight", "retrieval_weight", "reader_distill_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_weight and not self.train_query_reasoner:
@@ -100,7 +103,10 @@ class TrainConfig:
             raise ValueError(f"distill_top must be 0 (all candidates) or >= 2, got {self.distill_top}")
         if self.distill_teacher not in TEACHERS:
             raise ValueError(f"distill_teacher must be one of {TEACHERS}, got {self.distill_teacher!r}")
-        for name in ("tau", "distill_teacher_temperature", "distill_score_temperature", "retrieval_temperature"):
+        if self.reader_teacher and self.stage not in ("instruct", "e2e"):
+            raise ValueError(f"reader_teacher distils answers in stages instruct and e2e, not {self.stage!r}")
+        for name in ("tau", "distill_teacher_temperature", "distill_score_temperature", "retrieval_temperature",
+                     "reader_distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name, value in self.adapter_lr.items():

@@ -25,6 +25,7 @@ from ..topk import differentiable_topk
 from .batch import Batch
 from .config import TEACHERS, TrainConfig
 from .instruct import rehearsal_ce
+from .reader_distill import ReaderTeacher, answer_losses
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +75,27 @@ def cached_candidates(cache: dict[str, torch.Tensor], exs: list[QAExample]) -> t
 
 
 def answer_loss_through_topk(
-    model: ClaraModel, exs: list[QAExample], cand: torch.Tensor, k: int, tau: float, max_target_len: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: ClaraModel, exs: list[QAExample], cand: torch.Tensor, k: int, tau: float, max_target_len: int | None = None,
+    teacher: ReaderTeacher | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Stage 3's forward: the query reasoner scores each question's candidates ``cand``
     (B, n, n_mem, H), differentiable top-k picks k, the generator reads them in rank order.
 
     Returns each question's answer loss (B,), the scores (B, n) the loss is differentiable in,
-    and the selection Z (B, k, n).
+    the selection Z (B, k, n), and with a ``teacher`` each question's KL towards it (B,), the
+    teacher reading the text of the k picked candidates in the same order (else None).
     """
-    q = model.encode_query([ex.question for ex in exs])  # (B, n_mem, H)
+    questions = [ex.question for ex in exs]
+    q = model.encode_query(questions)  # (B, n_mem, H)
     scores = score_candidates(q, cand, model.config.retrieval_score)  # (B, n), as ClaraModel.score
     z = differentiable_topk(scores, k, tau)  # (B, k, n)
     selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
-    prompts = model.answer_prompts([ex.question for ex in exs], [k] * len(exs))
-    per_q = model.generator_loss(prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len=max_target_len,
-                                 per_example=True)
-    return per_q, scores, z
+    prompts = model.answer_prompts(questions, [k] * len(exs))
+    picked = z.argmax(-1).tolist()  # (B, k): the hard picks, which the forward reads
+    texts = [[ex.docs[i].full_text() for i in row] for ex, row in zip(exs, picked)] if teacher is not None else []
+    per_q, kl = answer_losses(model, prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len, teacher,
+                              questions, texts)
+    return per_q, scores, z, kl
 
 
 def candidate_losses(
@@ -153,29 +159,32 @@ def gold_recall(exs: list[QAExample], picked: torch.Tensor) -> float:
     ) / len(exs)
 
 
-def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor]):
+def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor], teacher: ReaderTeacher | None = None):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
         cand = cached_candidates(cache, exs).to(model.device)  # (B, n, n_mem, H)
         n = cand.shape[1]
         k = min(cfg.k_docs, n)
-        per_q, scores, z = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len)
+        per_q, scores, z, kl = answer_loss_through_topk(model, exs, cand, k, cfg.tau, cfg.max_target_len, teacher)
         loss = per_q.mean()
         parts = {"ce": loss.item(), f"recall@{k}": gold_recall(exs, z.argmax(-1))}
+        if kl is not None:
+            loss = loss + cfg.reader_distill_weight * kl.mean()
+            parts["reader_kl"] = kl.mean().item()
         if cfg.distill_weight:
             # the candidates distilled over: all, or each question's current top m (m, k <= m <= n)
             m = max(k, min(cfg.distill_top or n, n))
             top = scores.detach().topk(m, dim=-1).indices  # (B, m)
             with torch.no_grad():  # the teacher reads each of them alone
-                teacher = torch.stack([
+                teacher_losses = torch.stack([
                     candidate_losses(model, ex, cand[b, top[b]], cfg.distill_teacher, [ex.docs[i].full_text() for i in top[b].tolist()])
                     for b, ex in enumerate(exs)
                 ])  # (B, m)
-            kl = distillation_kl(scores.gather(1, top), teacher, cfg.distill_score_temperature,
+            kl = distillation_kl(scores.gather(1, top), teacher_losses, cfg.distill_score_temperature,
                                  cfg.distill_teacher_temperature).mean()
             loss = loss + cfg.distill_weight * kl
             parts["distill"] = kl.item()
-            parts[f"teacher_recall@{k}"] = gold_recall(exs, top.gather(1, (-teacher).topk(k, dim=-1).indices))
+            parts[f"teacher_recall@{k}"] = gold_recall(exs, top.gather(1, (-teacher_losses).topk(k, dim=-1).indices))
         if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
             recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
             loss, parts["recon"] = loss + recon, recon.item()

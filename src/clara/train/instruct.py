@@ -32,6 +32,7 @@ from ..model import ClaraModel
 from ..score import score, score_candidates
 from .batch import Batch
 from .config import TrainConfig
+from .reader_distill import ReaderTeacher, answer_losses
 from .rows import row_rng
 from .scp import with_memory_losses
 
@@ -84,7 +85,7 @@ def retrieval_nce(scores: torch.Tensor, gold: torch.Tensor, temperature: float, 
     return nll * learns
 
 
-def make_step(cfg: TrainConfig):
+def make_step(cfg: TrainConfig, teacher: ReaderTeacher | None = None):
     def step(model: ClaraModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         exs: list[QAExample] = batch.rows
         docs = [read_docs(ex, cfg.k_docs, cfg.seed, batch.epoch, i) for ex, i in zip(exs, batch.indices)]
@@ -92,11 +93,15 @@ def make_step(cfg: TrainConfig):
         flat = [t for s in sets for t in s]
         states, text_mean = model.compress_with_text_mean(flat)  # (sum k, n_mem, H), (sum k, H)
         per_q = list(states.split([len(s) for s in sets]))  # (k_i, n_mem, H) each
-        prompts = model.answer_prompts([ex.question for ex in exs], [len(s) for s in sets])
-        ce = model.generator_loss(prompts, [ex.answers[0] for ex in exs], per_q, max_target_len=cfg.max_target_len, per_example=True
-        ).mean()
+        questions = [ex.question for ex in exs]
+        prompts = model.answer_prompts(questions, [len(s) for s in sets])
+        ce, kl = answer_losses(model, prompts, [ex.answers[0] for ex in exs], per_q, cfg.max_target_len, teacher, questions, sets)
+        answer = ce.mean() if kl is None else ce.mean() + cfg.reader_distill_weight * kl.mean()
         recon = rehearsal_ce(model, cfg, batch, sets, per_q) if cfg.recon_mix else None
-        loss, parts = with_memory_losses(model, cfg, ce if recon is None else ce + recon, flat, states, text_mean)
+        loss, parts = with_memory_losses(model, cfg, answer if recon is None else answer + recon, flat, states, text_mean)
+        if kl is not None:  # "ce" stays the cross-entropy (with rehearsal's, as without a teacher)
+            parts["ce"] = ce.mean().item() + (recon.item() if recon is not None else 0.0)
+            parts["reader_kl"] = kl.mean().item()
         if recon is not None:
             parts["recon"] = recon.item()
         if cfg.retrieval_weight:

@@ -17,6 +17,7 @@ from . import e2e, instruct, scp, text
 from .config import TrainConfig
 from .info_flow import info_flow
 from .loop import train_loop
+from .reader_distill import ReaderTeacher
 from .rows import ScpRow, describe, load_exclusions, read_reconstruction, read_scp
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
     model = build_model(cfg)
     exclude = load_exclusions(cfg.exclude_ids)
     evaluate = None
+    teacher = ReaderTeacher.load(cfg.reader_teacher, cfg.reader_distill_temperature) if cfg.reader_teacher else None
     if cfg.stage == "scp":
         data, held = scp_data(cfg, exclude)
         model.set_trainable(*scp.trainable(cfg))
@@ -87,7 +89,7 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
     elif cfg.stage == "instruct":
         data = qa_data(cfg, exclude)
         model.set_trainable(("compressor", "generator"), mem_rows=True)
-        step = instruct.make_step(cfg)
+        step = instruct.make_step(cfg, teacher)
     elif cfg.stage == "text":
         data = qa_data(cfg, exclude)
         model.set_trainable(("generator",), mem_rows=False)
@@ -100,6 +102,6 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
         model.set_trainable(("query_reasoner", "generator") if cfg.train_query_reasoner else ("generator",), mem_rows=False)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         cache = e2e.cache_doc_states(model, data, Path(cfg.output_dir) / "doc_states.safetensors")
-        step = e2e.make_step(cfg, cache)
+        step = e2e.make_step(cfg, cache, teacher)
     log.info("stage %s: %d training rows %s", cfg.stage, len(data), describe(data))
     return train_loop(model, data, step, cfg, evaluate=evaluate, accelerator=accelerator)

@@ -25,7 +25,7 @@ def make_step(cfg: TrainConfig):
         exs: list[QAExample] = batch.rows
         tok, max_len = model.tokenizer, model.config.doc_max_len
         prompts = [
-            tokens.text_prompt(tok, ex.question, [tokens.cut(tok, t, max_len) for t in read_set(ex, cfg.k_docs, cfg.seed, batch.epoch, i)])
+            tokens.text_prompt(tok, ex.question, read_set(ex, cfg.k_docs, cfg.seed, batch.epoch, i), max_len)
             for ex, i in zip(exs, batch.indices)
         ]
         no_states = [torch.zeros(0, model.config.n_mem, model.hidden_size) for _ in prompts]
