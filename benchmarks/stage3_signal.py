@@ -86,7 +86,7 @@ def main() -> None:
         n = min(len(e.docs) for e in exs)
         with torch.no_grad():
             cand = torch.stack([model.compress([d.full_text() for d in e.docs[:n]]) for e in exs])  # (B, n, n_mem, H)
-        per_q, scores, _ = answer_loss_through_topk(model, exs, cand, min(args.k, n), args.tau)
+        per_q, scores, _, _ = answer_loss_through_topk(model, exs, cand, min(args.k, n), args.tau)
         scores.retain_grad()
         per_q.sum().backward()  # a sum: each question's scores get their own question's gradient
         model.zero_grad(set_to_none=True)

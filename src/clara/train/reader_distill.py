@@ -54,13 +54,13 @@ class ReaderTeacher:
 
     @torch.no_grad()
     def logits(self, questions: Sequence[str], doc_texts: Sequence[Sequence[str]], answers: Sequence[str],
-               max_target_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's logits (N, V) and labels (N,) on each question's answer, reading ``doc_texts[i]``."""
+               max_target_len: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's logits (N, V), labels (N,) and example indices (N,) on each question's
+        answer, reading ``doc_texts[i]`` (as ``ClaraModel.target_logits``)."""
         m = self.model
         prompts = [tokens.text_prompt(m.tokenizer, q, list(texts), m.config.doc_max_len) for q, texts in zip(questions, doc_texts)]
         no_states = [torch.zeros(0, m.config.n_mem, m.hidden_size) for _ in prompts]
-        logits, labels, _ = m.target_logits(prompts, answers, no_states, max_target_len=max_target_len)
-        return logits, labels
+        return m.target_logits(prompts, answers, no_states, max_target_len=max_target_len)
 
 
 def answer_losses(
@@ -86,7 +86,7 @@ def answer_losses(
         raise ValueError(f"the reader teacher needs the questions and document texts of all {n} prompts")
     if teacher.model.device != model.device:
         teacher.model.to(model.device)
-    t_logits, t_labels = teacher.logits(questions, doc_texts, answers, max_target_len)
+    t_logits, t_labels, _ = teacher.logits(questions, doc_texts, answers, max_target_len)
     if t_labels.shape != labels.shape or not torch.equal(t_labels, labels) or t_logits.shape[-1] != logits.shape[-1]:
         raise ValueError("the reader teacher tokenizes the answers differently from the model: it must share its backbone")
     return ce, row_means(token_kl(logits, t_logits, teacher.temperature), rows, n)

@@ -1,0 +1,87 @@
+"""How far is the compressed reader from the full-text reader, in nats, on the dev questions?
+
+F1 on 100 questions moves by several points between two runs of the same recipe; the loss of
+the gold answer moves far less. For each checkpoint this reads every dev question's gold
+documents plus negatives (``clara.train.instruct.read_docs``: k in all, shuffled, as stage 2
+reads its training questions), compressed, and reports per answer token (mean over questions):
+
+- ``ce``: the checkpoint's cross-entropy of the first gold answer;
+- ``teacher_ce``: the full-text reader's (``--teacher``, a ``clara train text`` checkpoint) on
+  the same documents as text;
+- ``kl``: KL(full-text reader || checkpoint) per answer token
+  (``clara.train.reader_distill.token_kl`` at T = 1), what ``reader_teacher`` distils.
+
+    python benchmarks/reader_gap.py CKPT... --teacher runs/text240/final [--data FILE] [--limit 100] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from clara import ClaraModel
+from clara.data.qa import load_qa
+from clara.eval.metrics import mean
+from clara.io import atomic_write_json
+from clara.model import row_means
+from clara.train.instruct import read_docs
+from clara.train.reader_distill import ReaderTeacher, answer_losses
+from clara.train.rows import load_exclusions
+
+ROOT = Path(__file__).resolve().parents[1]
+HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+", help="CLaRa checkpoint folders ('default' = the shipped one)")
+    ap.add_argument("--teacher", required=True, help="full-text reader checkpoint (clara train text)")
+    ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset whose questions carry their documents")
+    ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
+    ap.add_argument("--limit", type=int, default=100, help="dev questions")
+    ap.add_argument("-k", type=int, default=5, help="documents read per question (gold first, then negatives)")
+    ap.add_argument("--max-target-len", type=int, default=32, help="answer tokens kept (stage 2's max_target_len)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    dev = load_exclusions(args.splits)
+    examples = [e for e in load_qa(args.data) if e.id in dev and e.answers and e.docs][: args.limit]
+    docs = [read_docs(e, args.k, 0, 0, i) for i, e in enumerate(examples)]  # seed 0, epoch 0, as stage 2
+    teacher = ReaderTeacher.load(args.teacher)
+    texts = [[d.full_text() for d in dd] for dd in docs]
+    questions, answers = [e.question for e in examples], [e.answers[0] for e in examples]
+    teacher_ce: list[float] = []
+    with torch.no_grad():
+        for b in range(0, len(examples), args.batch):
+            sl = slice(b, b + args.batch)
+            logits, labels, rows = teacher.logits(questions[sl], texts[sl], answers[sl], args.max_target_len)
+            teacher_ce += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
+    result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher,
+                    "teacher_ce": round(mean(teacher_ce), 4), "models": {}}
+    for ckpt in args.checkpoints:
+        start = time.perf_counter()
+        model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu").eval()
+        table: dict[str, list[float]] = {"ce": [], "kl": []}
+        with torch.no_grad():
+            for b in range(0, len(examples), args.batch):
+                sl = slice(b, b + args.batch)
+                states = [model.compress(t) for t in texts[sl]]  # (k, n_mem, H) each
+                prompts = model.answer_prompts(questions[sl], [len(t) for t in texts[sl]])
+                ce, kl = answer_losses(model, prompts, answers[sl], states, args.max_target_len, teacher, questions[sl], texts[sl])
+                table["ce"] += ce.tolist()
+                table["kl"] += kl.tolist()
+        result["models"][ckpt] = {k: round(mean(v), 4) for k, v in table.items()} | {"seconds": round(time.perf_counter() - start, 1)}
+        print(ckpt, json.dumps(result["models"][ckpt]), flush=True)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        atomic_write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
