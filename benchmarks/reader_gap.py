@@ -60,7 +60,7 @@ def main() -> None:
     with torch.no_grad():
         for b in range(0, len(examples), args.batch):
             sl = slice(b, b + args.batch)
-            logits, labels, rows = teacher.logits(questions[sl], texts[sl], answers[sl], args.max_target_len)
+            logits, labels, rows = teacher.logits(questions[sl], texts[sl], answers[sl], args.max_target_len)  # its own cut
             teacher_ce += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
     result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher,
                     "teacher_ce": round(mean(teacher_ce), 4), "models": {}}

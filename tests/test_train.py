@@ -880,6 +880,14 @@ def test_reader_teacher_reads_the_same_documents_as_text(backbones):
     assert torch.allclose(kl1, kl2[:1], atol=1e-5) and torch.allclose(ce1, ce2[:1], atol=1e-5)
     with pytest.raises(ValueError, match="questions and document texts"):
         answer_losses(model, prompts, answers, none, 16, teacher)
+    # the teacher reads the text cut where the student's compressor cuts it, not at its own length
+    short = ClaraModel.from_backbone(tiny_config(backbones["mistral"], doc_max_len=8))
+    seen: list = []
+    real = model.target_logits
+    model.target_logits = lambda p, *a, **k: seen.extend(p) or real(p, *a, **k)  # type: ignore[method-assign]
+    st = short.compress(DOCS).detach()
+    answer_losses(short, short.answer_prompts(questions, [2, 2]), answers, [st[:2], st[1:]], 16, teacher, questions, texts)
+    assert seen == [tokens.text_prompt(model.tokenizer, q, t, 8) for q, t in zip(questions, texts)]
 
 
 def test_reader_teacher_distils_into_instruct_and_e2e(tmp_path, backbones):

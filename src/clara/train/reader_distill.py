@@ -54,11 +54,13 @@ class ReaderTeacher:
 
     @torch.no_grad()
     def logits(self, questions: Sequence[str], doc_texts: Sequence[Sequence[str]], answers: Sequence[str],
-               max_target_len: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               max_target_len: int | None, doc_max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The teacher's logits (N, V), labels (N,) and example indices (N,) on each question's
-        answer, reading ``doc_texts[i]`` (as ``ClaraModel.target_logits``)."""
+        answer, reading ``doc_texts[i]`` cut to ``doc_max_len`` tokens (default: the teacher's own
+        ``doc_max_len``) (as ``ClaraModel.target_logits``)."""
         m = self.model
-        prompts = [tokens.text_prompt(m.tokenizer, q, list(texts), m.config.doc_max_len) for q, texts in zip(questions, doc_texts)]
+        cut = doc_max_len or m.config.doc_max_len
+        prompts = [tokens.text_prompt(m.tokenizer, q, list(texts), cut) for q, texts in zip(questions, doc_texts)]
         no_states = [torch.zeros(0, m.config.n_mem, m.hidden_size) for _ in prompts]
         return m.target_logits(prompts, answers, no_states, max_target_len=max_target_len)
 
@@ -86,7 +88,8 @@ def answer_losses(
         raise ValueError(f"the reader teacher needs the questions and document texts of all {n} prompts")
     if teacher.model.device != model.device:
         teacher.model.to(model.device)
-    t_logits, t_labels, _ = teacher.logits(questions, doc_texts, answers, max_target_len)
+    # the teacher reads the text the student's compressor saw: cut at the student's doc_max_len
+    t_logits, t_labels, _ = teacher.logits(questions, doc_texts, answers, max_target_len, model.config.doc_max_len)
     if t_labels.shape != labels.shape or not torch.equal(t_labels, labels) or t_logits.shape[-1] != logits.shape[-1]:
         raise ValueError("the reader teacher tokenizes the answers differently from the model: it must share its backbone")
     return ce, row_means(token_kl(logits, t_logits, teacher.temperature), rows, n)
