@@ -91,8 +91,9 @@ def answer_loss_through_topk(
     z = differentiable_topk(scores, k, tau)  # (B, k, n)
     selected = torch.einsum("bkn,bnmh->bkmh", z.to(cand.dtype), cand)  # (B, k, n_mem, H), rank order
     prompts = model.answer_prompts(questions, [k] * len(exs))
-    picked = z.argmax(-1).tolist()  # (B, k): the hard picks, which the forward reads
-    texts = [[ex.docs[i].full_text() for i in row] for ex, row in zip(exs, picked)] if teacher is not None else []
+    texts = []  # with a teacher: the text of the hard picks (B, k), which the forward reads
+    if teacher is not None:
+        texts = [[ex.docs[i].full_text() for i in row] for ex, row in zip(exs, z.argmax(-1).tolist())]
     per_q, kl = answer_losses(model, prompts, [ex.answers[0] for ex in exs], list(selected), max_target_len, teacher,
                               questions, texts)
     return per_q, scores, z, kl
@@ -180,10 +181,10 @@ def make_step(cfg: TrainConfig, cache: dict[str, torch.Tensor], teacher: ReaderT
                     candidate_losses(model, ex, cand[b, top[b]], cfg.distill_teacher, [ex.docs[i].full_text() for i in top[b].tolist()])
                     for b, ex in enumerate(exs)
                 ])  # (B, m)
-            kl = distillation_kl(scores.gather(1, top), teacher_losses, cfg.distill_score_temperature,
-                                 cfg.distill_teacher_temperature).mean()
-            loss = loss + cfg.distill_weight * kl
-            parts["distill"] = kl.item()
+            rank_kl = distillation_kl(scores.gather(1, top), teacher_losses, cfg.distill_score_temperature,
+                                      cfg.distill_teacher_temperature).mean()
+            loss = loss + cfg.distill_weight * rank_kl
+            parts["distill"] = rank_kl.item()
             parts[f"teacher_recall@{k}"] = gold_recall(exs, top.gather(1, (-teacher_losses).topk(k, dim=-1).indices))
         if cfg.recon_mix:  # rehearsal of reconstruction from the cached (frozen) candidate states
             recon = rehearsal_ce(model, cfg, batch, [[d.full_text() for d in ex.docs[:n]] for ex in exs], list(cand))
