@@ -7,9 +7,11 @@ reads its training questions), compressed, and reports per answer token (mean ov
 
 - ``ce``: the checkpoint's cross-entropy of the first gold answer;
 - ``teacher_ce``: the full-text reader's (``--teacher``, a ``clara train text`` checkpoint) on
-  the same documents as text;
+  the same documents as text, cut at the teacher's own ``doc_max_len``, measured once;
 - ``kl``: KL(full-text reader || checkpoint) per answer token
-  (``clara.train.reader_distill.token_kl`` at T = 1), what ``reader_teacher`` distils.
+  (``clara.train.reader_distill.token_kl`` at T = 1), what ``reader_teacher`` distils; here the
+  teacher reads the text cut at the checkpoint's ``doc_max_len``, as in training, so it reads
+  again for every checkpoint (the two cuts are equal, 128, for every committed result).
 
     python benchmarks/reader_gap.py CKPT... --teacher runs/text240/final [--data FILE] [--limit 100] [--out FILE]
 """
