@@ -11,7 +11,12 @@ reads its training questions), compressed, and reports per answer token (mean ov
 - ``kl``: KL(full-text reader || checkpoint) per answer token
   (``clara.train.reader_distill.token_kl`` at T = 1), what ``reader_teacher`` distils; here the
   teacher reads the text cut at the checkpoint's ``doc_max_len``, as in training, so it reads
-  again for every checkpoint (the two cuts are equal, 128, for every committed result).
+  again for every checkpoint (the two cuts are equal, 128, for every committed result);
+- ``ce_zeroed``: the checkpoint's CE with every memory state zeroed (``benchmarks/info_flow.py``'s
+  baseline) and ``ce_closed_book`` with no documents in the prompt at all (the closed-book prompt
+  of ``tokens.text_prompt``), next to
+  ``teacher_ce_closed_book``, the full-text reader's with none: what the documents are worth to
+  each reader, in nats per answer token.
 
     python benchmarks/reader_gap.py CKPT... --teacher runs/text240/final [--data FILE] [--limit 100] [--out FILE]
 """
@@ -26,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clara import ClaraModel
+from clara import ClaraModel, tokens
 from clara.data.qa import load_qa
 from clara.eval.metrics import mean
 from clara.io import atomic_write_json
@@ -59,17 +64,20 @@ def main() -> None:
     texts = [[d.full_text() for d in dd] for dd in docs]
     questions, answers = [e.question for e in examples], [e.answers[0] for e in examples]
     teacher_ce: list[float] = []
+    teacher_closed: list[float] = []
     with torch.no_grad():
         for b in range(0, len(examples), args.batch):
             sl = slice(b, b + args.batch)
-            logits, labels, rows = teacher.logits(questions[sl], texts[sl], answers[sl], args.max_target_len)  # its own cut
-            teacher_ce += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
+            for doc_texts, out in ((texts[sl], teacher_ce), ([[] for _ in questions[sl]], teacher_closed)):
+                logits, labels, rows = teacher.logits(questions[sl], doc_texts, answers[sl], args.max_target_len)  # its own cut
+                out += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
     result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher,
-                    "teacher_ce": round(mean(teacher_ce), 4), "models": {}}
+                    "teacher_ce": round(mean(teacher_ce), 4), "teacher_ce_closed_book": round(mean(teacher_closed), 4),
+                    "models": {}}
     for ckpt in args.checkpoints:
         start = time.perf_counter()
         model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu").eval()
-        table: dict[str, list[float]] = {"ce": [], "kl": []}
+        table: dict[str, list[float]] = {"ce": [], "kl": [], "ce_zeroed": [], "ce_closed_book": []}
         with torch.no_grad():
             for b in range(0, len(examples), args.batch):
                 sl = slice(b, b + args.batch)
@@ -78,6 +86,12 @@ def main() -> None:
                 ce, kl = answer_losses(model, prompts, answers[sl], states, args.max_target_len, teacher, questions[sl], texts[sl])
                 table["ce"] += ce.tolist()
                 table["kl"] += kl.tolist()
+                zeroed, _ = answer_losses(model, prompts, answers[sl], [torch.zeros_like(s) for s in states], args.max_target_len)
+                table["ce_zeroed"] += zeroed.tolist()
+                no_docs = [tokens.text_prompt(model.tokenizer, q, []) for q in questions[sl]]  # the teacher's closed-book prompt
+                none = [s[:0] for s in states]  # (0, n_mem, H) each
+                closed, _ = answer_losses(model, no_docs, answers[sl], none, args.max_target_len)
+                table["ce_closed_book"] += closed.tolist()
         result["models"][ckpt] = {k: round(mean(v), 4) for k, v in table.items()} | {"seconds": round(time.perf_counter() - start, 1)}
         print(ckpt, json.dumps(result["models"][ckpt]), flush=True)
     print(json.dumps(result, indent=2))
