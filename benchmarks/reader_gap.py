@@ -14,9 +14,8 @@ reads its training questions), compressed, and reports per answer token (mean ov
   again for every checkpoint (the two cuts are equal, 128, for every committed result);
 - ``ce_zeroed``: the checkpoint's CE with every memory state zeroed (``benchmarks/info_flow.py``'s
   baseline) and ``ce_closed_book`` with no documents in the prompt at all (the closed-book prompt
-  of ``tokens.text_prompt``), next to
-  ``teacher_ce_closed_book``, the full-text reader's with none: what the documents are worth to
-  each reader, in nats per answer token.
+  of ``tokens.text_prompt``); ``teacher_ce_closed_book`` is the full-text reader's without them.
+  Closed book minus reading is what the documents are worth to each reader, in nats per token.
 
     python benchmarks/reader_gap.py CKPT... --teacher runs/text240/final [--data FILE] [--limit 100] [--out FILE]
 """
