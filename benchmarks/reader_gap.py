@@ -17,7 +17,10 @@ reads its training questions), compressed, and reports per answer token (mean ov
   of ``tokens.text_prompt``); ``teacher_ce_closed_book`` is the full-text reader's without them.
   Closed book minus reading is what the documents are worth to each reader, in nats per token.
 
-    python benchmarks/reader_gap.py CKPT... --teacher runs/text240/final [--data FILE] [--limit 100] [--out FILE]
+Without ``--teacher`` only ``ce``, ``ce_zeroed`` and ``ce_closed_book`` are measured (the
+documents' worth needs no teacher).
+
+    python benchmarks/reader_gap.py CKPT... [--teacher runs/text240/final] [--data FILE] [--limit 100] [--out FILE]
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_5
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", help="CLaRa checkpoint folders ('default' = the shipped one)")
-    ap.add_argument("--teacher", required=True, help="full-text reader checkpoint (clara train text)")
+    ap.add_argument("--teacher", default=None, help="full-text reader checkpoint (clara train text); without it no teacher_ce or kl")
     ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset whose questions carry their documents")
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--limit", type=int, default=100, help="dev questions")
@@ -59,24 +62,24 @@ def main() -> None:
     dev = load_exclusions(args.splits)
     examples = [e for e in load_qa(args.data) if e.id in dev and e.answers and e.docs][: args.limit]
     docs = [read_docs(e, args.k, 0, 0, i) for i, e in enumerate(examples)]  # seed 0, epoch 0, as stage 2
-    teacher = ReaderTeacher.load(args.teacher)
+    teacher = ReaderTeacher.load(args.teacher) if args.teacher else None
     texts = [[d.full_text() for d in dd] for dd in docs]
     questions, answers = [e.question for e in examples], [e.answers[0] for e in examples]
     teacher_ce: list[float] = []
     teacher_closed: list[float] = []
     with torch.no_grad():
-        for b in range(0, len(examples), args.batch):
+        for b in range(0, len(examples) if teacher else 0, args.batch):
             sl = slice(b, b + args.batch)
             for doc_texts, out in ((texts[sl], teacher_ce), ([[] for _ in questions[sl]], teacher_closed)):
                 logits, labels, rows = teacher.logits(questions[sl], doc_texts, answers[sl], args.max_target_len)  # its own cut
                 out += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
-    result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher,
-                    "teacher_ce": round(mean(teacher_ce), 4), "teacher_ce_closed_book": round(mean(teacher_closed), 4),
-                    "models": {}}
+    result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher, "models": {}}
+    if teacher:
+        result |= {"teacher_ce": round(mean(teacher_ce), 4), "teacher_ce_closed_book": round(mean(teacher_closed), 4)}
     for ckpt in args.checkpoints:
         start = time.perf_counter()
         model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu").eval()
-        table: dict[str, list[float]] = {"ce": [], "kl": [], "ce_zeroed": [], "ce_closed_book": []}
+        table: dict[str, list[float]] = {"ce": [], "ce_zeroed": [], "ce_closed_book": []} | ({"kl": []} if teacher else {})
         with torch.no_grad():
             for b in range(0, len(examples), args.batch):
                 sl = slice(b, b + args.batch)
@@ -84,7 +87,8 @@ def main() -> None:
                 prompts = model.answer_prompts(questions[sl], [len(t) for t in texts[sl]])
                 ce, kl = answer_losses(model, prompts, answers[sl], states, args.max_target_len, teacher, questions[sl], texts[sl])
                 table["ce"] += ce.tolist()
-                table["kl"] += kl.tolist()
+                if teacher:
+                    table["kl"] += kl.tolist()
                 zeroed, _ = answer_losses(model, prompts, answers[sl], [torch.zeros_like(s) for s in states], args.max_target_len)
                 table["ce_zeroed"] += zeroed.tolist()
                 no_docs = [tokens.text_prompt(model.tokenizer, q, []) for q in questions[sl]]  # the teacher's closed-book prompt
