@@ -65,21 +65,22 @@ def main() -> None:
     teacher = ReaderTeacher.load(args.teacher) if args.teacher else None
     texts = [[d.full_text() for d in dd] for dd in docs]
     questions, answers = [e.question for e in examples], [e.answers[0] for e in examples]
-    teacher_ce: list[float] = []
-    teacher_closed: list[float] = []
-    with torch.no_grad():
-        for b in range(0, len(examples) if teacher else 0, args.batch):
-            sl = slice(b, b + args.batch)
-            for doc_texts, out in ((texts[sl], teacher_ce), ([[] for _ in questions[sl]], teacher_closed)):
-                logits, labels, rows = teacher.logits(questions[sl], doc_texts, answers[sl], args.max_target_len)  # its own cut
-                out += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
-    result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher, "models": {}}
+    result: dict = {"data": args.data.name, "questions": len(examples), "k": args.k, "teacher": args.teacher}
     if teacher:
+        teacher_ce: list[float] = []
+        teacher_closed: list[float] = []
+        with torch.no_grad():
+            for b in range(0, len(examples), args.batch):
+                sl = slice(b, b + args.batch)
+                for doc_texts, out in ((texts[sl], teacher_ce), ([[] for _ in questions[sl]], teacher_closed)):
+                    logits, labels, rows = teacher.logits(questions[sl], doc_texts, answers[sl], args.max_target_len)  # its own cut
+                    out += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
         result |= {"teacher_ce": round(mean(teacher_ce), 4), "teacher_ce_closed_book": round(mean(teacher_closed), 4)}
+    result["models"] = {}
     for ckpt in args.checkpoints:
         start = time.perf_counter()
         model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu").eval()
-        table: dict[str, list[float]] = {"ce": [], "ce_zeroed": [], "ce_closed_book": []} | ({"kl": []} if teacher else {})
+        table: dict[str, list[float]] = {"ce": [], "kl": [], "ce_zeroed": [], "ce_closed_book": []}
         with torch.no_grad():
             for b in range(0, len(examples), args.batch):
                 sl = slice(b, b + args.batch)
@@ -87,7 +88,7 @@ def main() -> None:
                 prompts = model.answer_prompts(questions[sl], [len(t) for t in texts[sl]])
                 ce, kl = answer_losses(model, prompts, answers[sl], states, args.max_target_len, teacher, questions[sl], texts[sl])
                 table["ce"] += ce.tolist()
-                if teacher:
+                if kl is not None:  # measured with a teacher only
                     table["kl"] += kl.tolist()
                 zeroed, _ = answer_losses(model, prompts, answers[sl], [torch.zeros_like(s) for s in states], args.max_target_len)
                 table["ce_zeroed"] += zeroed.tolist()
@@ -95,7 +96,7 @@ def main() -> None:
                 none = [s[:0] for s in states]  # (0, n_mem, H) each
                 closed, _ = answer_losses(model, no_docs, answers[sl], none, args.max_target_len)
                 table["ce_closed_book"] += closed.tolist()
-        result["models"][ckpt] = {k: round(mean(v), 4) for k, v in table.items()} | {"seconds": round(time.perf_counter() - start, 1)}
+        result["models"][ckpt] = {k: round(mean(v), 4) for k, v in table.items() if v} | {"seconds": round(time.perf_counter() - start, 1)}
         print(ckpt, json.dumps(result["models"][ckpt]), flush=True)
     print(json.dumps(result, indent=2))
     if args.out:
