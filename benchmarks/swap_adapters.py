@@ -1,0 +1,63 @@
+"""Cross two checkpoints of one lineage: the document side of one, the reading side of the other.
+
+A diagnostic for where a later stage changed information flow. Stage 2 trains the compressor
+(and its memory rows) and the generator together; measuring ``benchmarks/info_flow.py`` on
+
+    compressor of A + generator of B     and     compressor of B + generator of A
+
+says whether a change between A and B lives in the states or in their reading. Both
+checkpoints must share a backbone and a memory layout (same ratio and readout); the config
+(and anything not named below) comes from ``--reader``'s checkpoint.
+
+    python benchmarks/swap_adapters.py --docs runs/scp4_23/final --reader runs/instruct4_23/final \
+        --out runs/swap_s1docs_s2reader
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+# The document side: the compressor's LoRA and the memory-token rows it appends to a document.
+DOC_SIDE = ("compressor/", "mem_rows")
+
+
+def is_doc_side(key: str) -> bool:
+    return key.startswith(DOC_SIDE)
+
+
+def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
+    """Write ``out``: ``reader``'s checkpoint with ``docs``' document side. Returns tensor counts."""
+    for folder in (docs, reader):
+        if not (folder / "model.safetensors").is_file():
+            raise SystemExit(f"{folder}: no model.safetensors (not a checkpoint folder)")
+    doc_cfg, read_cfg = (json.loads((f / "config.json").read_text())["clara_config"] for f in (docs, reader))
+    for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_r"):
+        if doc_cfg.get(field) != read_cfg.get(field):
+            raise SystemExit(f"{field} differs: {docs} has {doc_cfg.get(field)!r}, {reader} {read_cfg.get(field)!r}")
+    doc_w, read_w = load_file(docs / "model.safetensors"), load_file(reader / "model.safetensors")
+    if set(doc_w) != set(read_w):
+        raise SystemExit(f"the checkpoints hold different tensors ({len(doc_w)} vs {len(read_w)})")
+    mixed = {k: (doc_w[k] if is_doc_side(k) else read_w[k]) for k in read_w}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(mixed, out / "model.safetensors")
+    shutil.copy(reader / "config.json", out / "config.json")
+    n_doc = sum(map(is_doc_side, mixed))
+    return {"doc_side": n_doc, "reader_side": len(mixed) - n_doc}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=Path, required=True, help="checkpoint whose compressor and memory rows are kept")
+    ap.add_argument("--reader", type=Path, required=True, help="checkpoint whose generator, query reasoner and config are kept")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the crossed checkpoint")
+    args = ap.parse_args()
+    print(json.dumps(swap(args.docs, args.reader, args.out)))
+
+
+if __name__ == "__main__":
+    main()
