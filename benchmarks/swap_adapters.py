@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-# The document side: the compressor's LoRA and the memory-token rows it appends to a document.
+from clara.checkpoint import FORMAT, FORMAT_VERSION, WEIGHTS, atomic_folder_write, read_meta
+
+# The document side: the compressor's LoRA and the memory-token rows it appends to a document
+# (clara.checkpoint.save_checkpoint's keys; the generator's readout maps stay with the reader).
 DOC_SIDE = ("compressor/", "mem_rows")
 
 
@@ -32,20 +34,21 @@ def is_doc_side(key: str) -> bool:
 
 def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
     """Write ``out``: ``reader``'s checkpoint with ``docs``' document side. Returns tensor counts."""
-    for folder in (docs, reader):
-        if not (folder / "model.safetensors").is_file():
-            raise SystemExit(f"{folder}: no model.safetensors (not a checkpoint folder)")
-    doc_cfg, read_cfg = (json.loads((f / "config.json").read_text())["clara_config"] for f in (docs, reader))
+    doc_cfg, reader_meta = read_meta(docs)["clara_config"], read_meta(reader)
+    read_cfg = reader_meta["clara_config"]
     for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_r"):
         if doc_cfg.get(field) != read_cfg.get(field):
             raise SystemExit(f"{field} differs: {docs} has {doc_cfg.get(field)!r}, {reader} {read_cfg.get(field)!r}")
-    doc_w, read_w = load_file(docs / "model.safetensors"), load_file(reader / "model.safetensors")
+    doc_w, read_w = load_file(docs / WEIGHTS), load_file(reader / WEIGHTS)
     if set(doc_w) != set(read_w):
         raise SystemExit(f"the checkpoints hold different tensors ({len(doc_w)} vs {len(read_w)})")
     mixed = {k: (doc_w[k] if is_doc_side(k) else read_w[k]) for k in read_w}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(mixed, out / "model.safetensors")
-    shutil.copy(reader / "config.json", out / "config.json")
+
+    def write(tmp: Path) -> None:
+        save_file(mixed, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        (tmp / "config.json").write_text(json.dumps(reader_meta, indent=2) + "\n")
+
+    atomic_folder_write(out, write)
     n_doc = sum(map(is_doc_side, mixed))
     return {"doc_side": n_doc, "reader_side": len(mixed) - n_doc}
 
