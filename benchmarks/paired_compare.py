@@ -7,6 +7,7 @@ over questions, not read off two independent means.
 
     python benchmarks/paired_compare.py RUN_A RUN_B [--system-a clara] [--system-b full-text-lora] [--metric f1]
     python benchmarks/paired_compare.py --pairs PAIRS.json --out results.json   # [{"name", "a", "b"}, ...]
+    python benchmarks/paired_compare.py RUN_A RUN_B --by type   # also per question type (a "meta" field)
 
 RUN_A / RUN_B: `clara eval -o` folders (their predictions.jsonl) or predictions files.
 """
@@ -22,8 +23,11 @@ from typing import Any
 from clara.io import DataError, atomic_write_json, read_jsonl
 
 
-def load_scores(run: Path, system: str | None, metric: str) -> dict[str, float]:
-    """Question id -> score (in percent) of one system in an eval run's predictions."""
+def load_scores(run: Path, system: str | None, metric: str, by: str | None = None) -> dict[str, float]:
+    """Question id -> score (in percent) of one system in an eval run's predictions.
+
+    With ``by``, ids become "GROUP\tID", GROUP being the row's ``meta[by]`` (e.g. the question type).
+    """
     path = run / "predictions.jsonl" if run.is_dir() else run
     scores: dict[str, float] = {}
     for n, row in read_jsonl(path):  # malformed lines raise DataError naming file and line
@@ -31,7 +35,8 @@ def load_scores(run: Path, system: str | None, metric: str) -> dict[str, float]:
             continue
         if metric not in row.get("scores", {}):
             raise SystemExit(f"{path}:{n}: no score {metric!r} (have {sorted(row.get('scores', {}))})")
-        scores[row["id"]] = 100.0 * row["scores"][metric]
+        key = row["id"] if by is None else f"{row.get('meta', {}).get(by, '-')}\t{row['id']}"
+        scores[key] = 100.0 * row["scores"][metric]
     if not scores:
         raise SystemExit(f"{path}: no predictions" + (f" of system {system!r}" if system else ""))
     return scores
@@ -54,6 +59,11 @@ def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2
     }
 
 
+def report(name: str, metric: str, r: dict[str, Any]) -> None:
+    print(f"{name}: {metric} {r['mean_a']} vs {r['mean_b']}, A - B = {r['mean_diff']:+.2f} "
+          f"(95% CI {r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f}; {r['questions']} questions)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a", type=Path, nargs="?", help="eval run (or predictions.jsonl) A")
@@ -63,6 +73,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=Path, default=None, help='JSON list of {"name", "a", "b", "system_a"?, "system_b"?}')
     ap.add_argument("--metric", default="f1", help="a per-question score of predictions.jsonl: f1, em, recall@5, ...")
     ap.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--by", default=None, help='also compare within groups of a "meta" field, e.g. type')
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.pairs:
@@ -81,8 +92,15 @@ def main() -> None:
             raise SystemExit(str(err)) from None
         r = {"name": p["name"], "a": p["a"], "b": p["b"], "metric": args.metric, **paired_difference(a, b, args.samples)}
         results.append(r)
-        print(f"{r['name']}: {args.metric} {r['mean_a']} vs {r['mean_b']}, A - B = {r['mean_diff']:+.2f} "
-              f"(95% CI {r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f}; {r['questions']} questions)")
+        report(r["name"], args.metric, r)
+        if args.by:
+            ga = load_scores(Path(p["a"]), p.get("system_a"), args.metric, args.by)
+            gb = load_scores(Path(p["b"]), p.get("system_b"), args.metric, args.by)
+            r["by"] = {}
+            for group in sorted({k.split("\t")[0] for k in ga}):
+                sub_a = {k: v for k, v in ga.items() if k.split("\t")[0] == group}
+                r["by"][group] = paired_difference(sub_a, gb, args.samples)
+                report(f"  {args.by}={group}", args.metric, r["by"][group])
     if args.out:
         atomic_write_json(args.out, results)
 
