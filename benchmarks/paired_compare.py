@@ -23,23 +23,23 @@ from typing import Any
 from clara.io import DataError, atomic_write_json, read_jsonl
 
 
-def load_scores(run: Path, system: str | None, metric: str, by: str | None = None) -> dict[str, float]:
-    """Question id -> score (in percent) of one system in an eval run's predictions.
-
-    With ``by``, ids become "GROUP\tID", GROUP being the row's ``meta[by]`` (e.g. the question type).
-    """
+def load_scores(run: Path, system: str | None, metric: str, by: str | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """Question id -> score (in percent) of one system in an eval run's predictions, and question
+    id -> group: the row's ``meta[by]`` (e.g. the question type; "-" where absent), empty without ``by``."""
     path = run / "predictions.jsonl" if run.is_dir() else run
     scores: dict[str, float] = {}
+    groups: dict[str, str] = {}
     for n, row in read_jsonl(path):  # malformed lines raise DataError naming file and line
         if system and row.get("system") != system:
             continue
         if metric not in row.get("scores", {}):
             raise SystemExit(f"{path}:{n}: no score {metric!r} (have {sorted(row.get('scores', {}))})")
-        key = row["id"] if by is None else f"{row.get('meta', {}).get(by, '-')}\t{row['id']}"
-        scores[key] = 100.0 * row["scores"][metric]
+        scores[row["id"]] = 100.0 * row["scores"][metric]
+        if by is not None:
+            groups[row["id"]] = str(row.get("meta", {}).get(by, "-"))
     if not scores:
         raise SystemExit(f"{path}: no predictions" + (f" of system {system!r}" if system else ""))
-    return scores
+    return scores, groups
 
 
 def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -86,20 +86,18 @@ def main() -> None:
     results = []
     for p in pairs:
         try:
-            a = load_scores(Path(p["a"]), p.get("system_a"), args.metric)
-            b = load_scores(Path(p["b"]), p.get("system_b"), args.metric)
+            a, groups = load_scores(Path(p["a"]), p.get("system_a"), args.metric, args.by)
+            b, _ = load_scores(Path(p["b"]), p.get("system_b"), args.metric)
         except DataError as err:
             raise SystemExit(str(err)) from None
         r = {"name": p["name"], "a": p["a"], "b": p["b"], "metric": args.metric, **paired_difference(a, b, args.samples)}
         results.append(r)
         report(r["name"], args.metric, r)
-        if args.by:
-            ga = load_scores(Path(p["a"]), p.get("system_a"), args.metric, args.by)
-            gb = load_scores(Path(p["b"]), p.get("system_b"), args.metric, args.by)
+        if args.by:  # the same comparison inside each of A's groups (B is matched by question id)
             r["by"] = {}
-            for group in sorted({k.split("\t")[0] for k in ga}):
-                sub_a = {k: v for k, v in ga.items() if k.split("\t")[0] == group}
-                r["by"][group] = paired_difference(sub_a, gb, args.samples)
+            for group in sorted(set(groups.values())):
+                in_group = {i: score for i, score in a.items() if groups[i] == group}
+                r["by"][group] = paired_difference(in_group, b, args.samples)
                 report(f"  {args.by}={group}", args.metric, r["by"][group])
     if args.out:
         atomic_write_json(args.out, results)
