@@ -16,12 +16,14 @@ checkpoints must share a backbone and a memory layout (same ratio and readout); 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from clara.checkpoint import FORMAT, FORMAT_VERSION, WEIGHTS, atomic_folder_write, read_meta
+from clara.config import ClaraConfig
 
 # The document side: the compressor's LoRA and the memory-token rows it appends to a document
 # (clara.checkpoint.save_checkpoint's keys; the generator's readout maps stay with the reader).
@@ -34,8 +36,10 @@ def is_doc_side(key: str) -> bool:
 
 def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
     """Write ``out``: ``reader``'s checkpoint with ``docs``' document side. Returns tensor counts."""
-    doc_cfg, reader_meta = read_meta(docs)["clara_config"], read_meta(reader)
-    read_cfg = reader_meta["clara_config"]
+    # fields written by later versions are absent from older checkpoints: they hold the default
+    defaults = {f.name: f.default for f in dataclasses.fields(ClaraConfig) if f.default is not dataclasses.MISSING}
+    reader_meta = read_meta(reader)
+    doc_cfg, read_cfg = defaults | read_meta(docs)["clara_config"], defaults | reader_meta["clara_config"]
     for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_r"):
         if doc_cfg.get(field) != read_cfg.get(field):
             raise SystemExit(f"{field} differs: {docs} has {doc_cfg.get(field)!r}, {reader} {read_cfg.get(field)!r}")
