@@ -16,7 +16,6 @@ checkpoints must share a backbone and a memory layout (same ratio and readout); 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -36,13 +35,13 @@ def is_doc_side(key: str) -> bool:
 
 def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
     """Write ``out``: ``reader``'s checkpoint with ``docs``' document side. Returns tensor counts."""
-    # fields written by later versions are absent from older checkpoints: they hold the default
-    defaults = {f.name: f.default for f in dataclasses.fields(ClaraConfig) if f.default is not dataclasses.MISSING}
+    # read as the loader reads them, so fields an older checkpoint lacks hold ClaraConfig's defaults
     reader_meta = read_meta(reader)
-    doc_cfg, read_cfg = defaults | read_meta(docs)["clara_config"], defaults | reader_meta["clara_config"]
+    doc_cfg = ClaraConfig.from_dict(read_meta(docs)["clara_config"])
+    read_cfg = ClaraConfig.from_dict(reader_meta["clara_config"])
     for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_r"):
-        if doc_cfg.get(field) != read_cfg.get(field):
-            raise SystemExit(f"{field} differs: {docs} has {doc_cfg.get(field)!r}, {reader} {read_cfg.get(field)!r}")
+        if getattr(doc_cfg, field) != getattr(read_cfg, field):
+            raise SystemExit(f"{field} differs: {docs} has {getattr(doc_cfg, field)!r}, {reader} {getattr(read_cfg, field)!r}")
     doc_w, read_w = load_file(docs / WEIGHTS), load_file(reader / WEIGHTS)
     if set(doc_w) != set(read_w):
         raise SystemExit(f"the checkpoints hold different tensors ({len(doc_w)} vs {len(read_w)})")
