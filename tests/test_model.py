@@ -395,3 +395,50 @@ def test_eos_is_part_of_the_backbone_identity(backbones, tmp_path):
     assert tokenizer.eos_token_id != config.eos_token_id
     align_special_tokens(tokenizer, config)
     assert tokenizer.eos_token_id == config.eos_token_id and tokenizer.eos_token == model.tokenizer.eos_token
+
+
+def test_adapter_rank_grows_on_load_as_the_same_function(backbones, tmp_path):
+    """adapter_r gives single adapters their own LoRA rank (the query reasoner follows the
+    compressor). A checkpoint's adapters load into higher ranks as the same functions (extra
+    B columns zero, same scale), round-trip at those ranks, and refuse to shrink, naming the file."""
+    torch.manual_seed(0)
+    model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))  # lora_r=4
+    perturb_lora(model)
+    model.eval()
+    model.save_pretrained(tmp_path / "r4")
+    question = ["Where is the tower?"]
+    with torch.no_grad():
+        states = model.compress(DOCS)
+        query = model.encode_query(question)
+    answer = model.generate(question, [states[:2]], max_new_tokens=5)
+    grown = ClaraModel.from_pretrained(tmp_path / "r4", adapter_r={"compressor": 12, "generator": 8})
+    cfg = grown.config
+    assert (cfg.rank("compressor"), cfg.rank("query_reasoner"), cfg.rank("generator")) == (12, 12, 8)
+    ranks = {name: {min(p.shape) for p in grown.adapter_parameters(name)} for name in ADAPTERS}
+    assert ranks == {"compressor": {12}, "query_reasoner": {12}, "generator": {8}}
+    with torch.no_grad():
+        torch.testing.assert_close(grown.compress(DOCS), states)
+        torch.testing.assert_close(grown.encode_query(question), query)
+    assert grown.generate(question, [states[:2]], max_new_tokens=5) == answer
+    with torch.no_grad():  # the new directions are live: moving a grown B column changes the compressor
+        for p in grown.adapter_parameters("compressor"):
+            if p.shape[-1] == 12:  # lora_B: (out, 12)
+                p[:, 4:] += 0.05
+        assert not torch.allclose(grown.compress(DOCS), states)
+    grown.save_pretrained(tmp_path / "r12")
+    again = ClaraModel.from_pretrained(tmp_path / "r12")
+    assert again.config.adapter_r == {"compressor": 12, "generator": 8}
+    with torch.no_grad():
+        torch.testing.assert_close(again.compress(DOCS), grown.compress(DOCS))
+    with pytest.raises(CheckpointError, match=r"r12.*model.safetensors.*never shrink"):
+        ClaraModel.from_pretrained(tmp_path / "r12", adapter_r={})
+    narrow_qr = ClaraModel.from_pretrained(tmp_path / "r12", adapter_r={"compressor": 12, "generator": 8,
+                                                                         "query_reasoner": 12})
+    narrow_qr.init_query_reasoner_from_compressor()  # same rank: fine
+    with pytest.raises(ValueError, match="adapter_r: unknown adapter 'reader'"):
+        tiny_config(backbones["qwen2"], adapter_r={"reader": 8})
+    with pytest.raises(ValueError, match=r"adapter_r.generator must be an integer >= 1"):
+        tiny_config(backbones["qwen2"], adapter_r={"generator": 0})
+    mixed = ClaraModel.from_backbone(tiny_config(backbones["qwen2"], adapter_r={"query_reasoner": 8}))
+    with pytest.raises(ValueError, match=r"query reasoner \(rank 8\).*compressor's rank \(4\)"):
+        mixed.init_query_reasoner_from_compressor()

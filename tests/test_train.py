@@ -767,6 +767,27 @@ def test_stage_continues_at_a_lower_compression_ratio(tmp_path, backbones):
     assert ClaraModel.from_pretrained(tmp_path / "b" / "run" / "final").config.n_mem == 8
 
 
+def test_stage_continues_with_a_higher_adapter_rank(tmp_path, backbones):
+    """init= a checkpoint with model.adapter_r.compressor raised: the first step's loss is the
+    plain continuation's (the grown adapter starts as the same function), the run trains the new
+    directions and saves the higher rank."""
+    first = scp_cfg(tmp_path / "a", backbones["gemma3"], max_rows=4, max_steps=2)
+    train(first)
+    init = str(tmp_path / "a" / "run" / "final")
+    plain = scp_cfg(tmp_path / "b", backbones["gemma3"], max_rows=4, max_steps=3, init=init)
+    train(plain)
+    grown = scp_cfg(tmp_path / "c", backbones["gemma3"], max_rows=4, max_steps=3, init=init,
+                    model={"adapter_r": {"compressor": 8}})
+    train(grown)
+    a, b = metrics(tmp_path / "b" / "run"), metrics(tmp_path / "c" / "run")
+    assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)
+    assert b[-1]["loss"] != pytest.approx(a[-1]["loss"], rel=1e-5)  # the new directions trained
+    saved = ClaraModel.from_pretrained(tmp_path / "c" / "run" / "final")
+    assert saved.config.rank("compressor") == 8 and saved.config.rank("generator") == 4
+    b_cols = [p for p in saved.adapter_parameters("compressor") if p.shape[-1] == 8]  # lora_B: (out, 8)
+    assert b_cols and any(p[:, 4:].abs().max() > 0 for p in b_cols)
+
+
 def test_text_stage_trains_the_generator_on_raw_text(tmp_path, backbones):
     from clara.train import text
     from clara.train.batch import Batch

@@ -51,7 +51,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import tokens
 from .checkpoint import CheckpointError, atomic_folder_write, read_config_json, save_checkpoint
-from .config import ClaraConfig
+from .config import ADAPTERS, ClaraConfig
 
 if TYPE_CHECKING:
     from .model import ClaraModel
@@ -415,6 +415,8 @@ def write_apple_checkpoint(
             "Apple's loader rebuilds LoRA with alpha = 2 * r on all linear layers; this model has "
             f"alpha={cfg.lora_alpha}, r={cfg.lora_r}, targets={cfg.lora_target_modules!r}"
         )
+    if any(cfg.rank(name) != cfg.lora_r for name in ADAPTERS):
+        raise ValueError(f"Apple's format has one LoRA rank for all adapters; this model has adapter_r={cfg.adapter_r}")
     if cfg.mem_readout != "states":
         raise ValueError(
             f"Apple's generator reads raw memory states; this model reads them as {cfg.mem_readout!r}, "

@@ -205,6 +205,38 @@ def fit_mem_rows(saved: torch.Tensor, n_mem: int, folder: Path) -> torch.Tensor:
     return torch.cat([saved[:n_saved].repeat_interleave(n_mem // n_saved, dim=0), saved[n_saved:]])
 
 
+def grow_lora(
+    saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], adapter: str, folder: Path
+) -> dict[str, torch.Tensor]:
+    """An adapter's saved LoRA weights fitted to a model whose adapter has an equal or higher rank.
+
+    A rank-r update ``B @ A`` becomes rank R > r as ``[B, 0] @ [A; A_fresh]``: the extra rows of A
+    keep the model's fresh random init and the extra columns of B are zero, so the grown adapter
+    computes exactly what the saved one did (both keep the scale lora_alpha / lora_r) and its new
+    directions start training from there. A lower rank is an error: truncating would change it.
+    """
+    out = dict(saved)
+    for key, value in saved.items():
+        target = fresh.get(key)
+        if target is None or target.shape == value.shape:
+            continue
+        is_a, is_b = ".lora_A." in key, ".lora_B." in key
+        rank_dim = 0 if is_a else 1
+        same_other = value.dim() == 2 and value.shape[1 - rank_dim] == target.shape[1 - rank_dim]
+        if not (is_a or is_b) or not same_other or value.shape[rank_dim] > target.shape[rank_dim]:
+            raise CheckpointError(
+                f"{folder / WEIGHTS}: {adapter} {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target.shape)} (an adapter's rank can grow on load, never shrink: check adapter_r / lora_r)"
+            )
+        pad = target.narrow(rank_dim, value.shape[rank_dim], target.shape[rank_dim] - value.shape[rank_dim])
+        if is_b:
+            pad = torch.zeros_like(pad)
+        out[key] = torch.cat([value.to(pad.dtype), pad.to(value.device)], dim=rank_dim)
+    if any(out[k].shape != v.shape for k, v in saved.items()):
+        log.info("%s: the %s adapter's LoRA rank grown on load (its new directions start at zero)", folder, adapter)
+    return out
+
+
 def load_weights(model: "ClaraModel", folder: str | Path) -> None:
     """Load a checkpoint's adapters and memory rows into an already built model (in place)."""
     from .model import ADAPTERS
@@ -249,6 +281,7 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{folder / WEIGHTS} has no weights for the {name} adapter")
+        state = grow_lora(state, get_peft_model_state_dict(model.peft, adapter_name=name), name, folder)
         result = set_peft_model_state_dict(model.peft, state, adapter_name=name)
         if result.unexpected_keys:
             raise CheckpointError(f"{folder / WEIGHTS}: unexpected {name} keys {result.unexpected_keys[:3]}")

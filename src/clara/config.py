@@ -45,7 +45,12 @@ class ClaraConfig:
     compression_ratio: int = field(default=16, metadata={"help": "Document tokens per memory token."})
     doc_max_len: int = field(default=256, metadata={"help": "Documents are truncated to this many tokens."})
     query_max_len: int = field(default=128, metadata={"help": "Questions are truncated to this many tokens."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of each of the three adapters."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of each of the three adapters (see adapter_r)."})
+    adapter_r: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "Rank of single adapters where it differs from lora_r, e.g. {'compressor': 64}; each keeps the "
+                          "scale lora_alpha / lora_r, and the query reasoner follows the compressor unless named."},
+    )
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: str | list[str] = field(
@@ -77,6 +82,11 @@ class ClaraConfig:
     )
 
     def __post_init__(self) -> None:
+        for name, rank in self.adapter_r.items():
+            if name not in ADAPTERS:
+                raise ValueError(f"adapter_r: unknown adapter {name!r}; expected some of {ADAPTERS}")
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"adapter_r.{name} must be an integer >= 1, got {rank!r}")
         if self.compression_ratio < 1:
             raise ValueError(f"compression_ratio must be >= 1, got {self.compression_ratio}")
         if self.doc_max_len < self.compression_ratio:
@@ -104,6 +114,15 @@ class ClaraConfig:
             raise ValueError(f"retrieval_score must be one of {SCORES}, got {self.retrieval_score!r}")
         if self.prompt_style not in _PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {_PROMPT_STYLES}, got {self.prompt_style!r}")
+
+    def rank(self, adapter: str) -> int:
+        """LoRA rank of ``adapter``: ``adapter_r`` where named, else ``lora_r``; the query reasoner
+        defaults to the compressor's rank, since stage 3 starts it as the compressor's copy."""
+        if adapter in self.adapter_r:
+            return self.adapter_r[adapter]
+        if adapter == "query_reasoner":
+            return self.rank("compressor")
+        return self.lora_r
 
     @property
     def n_mem(self) -> int:

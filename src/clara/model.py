@@ -116,16 +116,22 @@ class ClaraModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.special = special
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-        )
+
+        def lora(name: str) -> LoraConfig:
+            rank = config.rank(name)
+            return LoraConfig(
+                r=rank,
+                # every adapter keeps the scale lora_alpha / lora_r whatever its rank, so a checkpoint's
+                # adapter grown to a higher rank (checkpoint.load_weights) starts as the same function
+                lora_alpha=config.lora_alpha * rank / config.lora_r,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+            )
+
         # peft injects LoRA layers into `lm` in place; `self.lm` keeps the plain HF interface
-        self.peft: PeftModel = get_peft_model(lm, lora, adapter_name=ADAPTERS[0])
+        self.peft: PeftModel = get_peft_model(lm, lora(ADAPTERS[0]), adapter_name=ADAPTERS[0])
         for name in ADAPTERS[1:]:
-            self.peft.add_adapter(name, lora)
+            self.peft.add_adapter(name, lora(name))
         self.lm = lm
         emb = lm.get_input_embeddings().weight  # (V, H)
         # New rows start at the mean embedding: in-distribution inputs from step 0.
@@ -355,6 +361,11 @@ class ClaraModel(nn.Module):
 
     def init_query_reasoner_from_compressor(self) -> None:
         """Copy the compressor's LoRA weights into the query reasoner (CLaRa stage 3 init)."""
+        if self.config.rank("query_reasoner") != self.config.rank("compressor"):
+            raise ValueError(
+                f"the query reasoner (rank {self.config.rank('query_reasoner')}) can only start as a copy of "
+                f"the compressor with the compressor's rank ({self.config.rank('compressor')}): set adapter_r to match"
+            )
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, p in params.items():

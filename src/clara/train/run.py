@@ -27,8 +27,10 @@ def build_model(cfg: TrainConfig) -> ClaraModel:
     """Start from the previous stage's checkpoint, or fresh adapters on a backbone."""
     if cfg.init:
         # a checkpoint fixes the model's shape; only placement, the memory readout (and its rows
-        # per slot), the retrieval score and a lower compression ratio (checkpoint.fit_mem_rows) may change
-        free = ("device", "dtype", "mem_readout", "readout_tokens", "mem_scale", "retrieval_score", "compression_ratio")
+        # per slot), the retrieval score, a lower compression ratio (checkpoint.fit_mem_rows)
+        # and higher adapter ranks (checkpoint.grow_lora) may change
+        free = ("device", "dtype", "mem_readout", "readout_tokens", "mem_scale", "retrieval_score", "compression_ratio",
+                "adapter_r")
         overrides = {k: v for k, v in cfg.model.items() if k in free}
         return ClaraModel.from_pretrained(cfg.init, **overrides)
     return ClaraModel.from_backbone(ClaraConfig(**cfg.model))
