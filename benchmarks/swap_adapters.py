@@ -39,9 +39,12 @@ def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
     reader_meta = read_meta(reader)
     doc_cfg = ClaraConfig.from_dict(read_meta(docs)["clara_config"])
     read_cfg = ClaraConfig.from_dict(reader_meta["clara_config"])
-    for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_r"):
+    for field in ("backbone", "compression_ratio", "doc_max_len", "mem_readout", "readout_tokens", "lora_alpha", "lora_r"):
         if getattr(doc_cfg, field) != getattr(read_cfg, field):
             raise SystemExit(f"{field} differs: {docs} has {getattr(doc_cfg, field)!r}, {reader} {getattr(read_cfg, field)!r}")
+    if doc_cfg.rank("compressor") != read_cfg.rank("compressor"):
+        raise SystemExit(f"the compressor's LoRA rank differs: {docs} has {doc_cfg.rank('compressor')}, "
+                         f"{reader} {read_cfg.rank('compressor')}")
     doc_w, read_w = load_file(docs / WEIGHTS), load_file(reader / WEIGHTS)
     if set(doc_w) != set(read_w):
         raise SystemExit(f"the checkpoints hold different tensors ({len(doc_w)} vs {len(read_w)})")
