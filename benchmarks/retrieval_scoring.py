@@ -13,6 +13,13 @@ document, so this also measures slot-order-free scores on the same states, with 
   slots on both sides: a low-ratio model (many narrow slots) scored like one with G times
   fewer, wider slots.
 
+- ``--vocab``: scores in the output head's vocabulary instead of the hidden space. Each slot's
+  next-token distribution is what the soft-token readout shows the generator (a bag of its
+  span's words under the anchoring loss), so a document (or question) becomes one bag, the
+  most each word gets over its slots. ``vocab_cos``: cosine of the two bags; ``vocab_idf``:
+  their product weighted by each word's inverse document frequency, the bags' soft counts over
+  the ranked documents (BM25's corpus statistic, here over the candidates being ranked).
+
 Each with the query reasoner encoding the question (CLaRa) and with the compressor encoding it
 (the query reasoner's initialisation). By default the HotpotQA dev split, oracle candidates (10
 per question, 2 gold: a random ranking has R@5 = 50); ``--data`` and ``--setting normal``
@@ -78,6 +85,23 @@ def pooled_maxsim(group: int) -> Score:
     return fn
 
 
+def vocab_bags(model: ClaraModel, states: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(n, M, H) states -> (n, V): per word, its highest probability over the slots' next-token distributions."""
+    out = [torch.softmax(model.logits(states[i : i + chunk]), dim=-1).amax(1) for i in range(0, len(states), chunk)]
+    return torch.cat(out)
+
+
+def vocab_cos(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    return F.normalize(docs, dim=-1) @ F.normalize(q, dim=0)  # q (V,), docs (n, V)
+
+
+def vocab_idf(idf: torch.Tensor) -> Score:
+    def fn(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        return docs @ (q * idf * idf)  # one idf for each side, as tf-idf dot products weigh them
+
+    return fn
+
+
 def recall_at(
     cands: list[list[str]], golds: list[set[str]], queries: Sequence[torch.Tensor], docs: list[torch.Tensor], score: Score, k: int
 ) -> float:
@@ -95,6 +119,7 @@ def main() -> None:
                     help="also rank by the generator's loss reading each document alone: on the answer (the "
                          "default), the question (stage 1's question-writing task), both, or the plain backbone writing the question after the text (question_text; clara.train.e2e.candidate_losses)")
     ap.add_argument("--pool", type=int, default=0, help="also max-sim over groups of this many consecutive slots")
+    ap.add_argument("--vocab", action="store_true", help="also score bags of words in the output head's vocabulary")
     ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset (any format clara reads)")
     ap.add_argument("--setting", choices=SETTINGS, default="oracle")
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
@@ -125,6 +150,17 @@ def main() -> None:
         enc: {name: recall_at(cands, golds, q, docs, fn, args.k) for name, fn in scores.items()}
         for enc, q in encoders.items()
     }
+    if args.vocab:
+        with torch.no_grad():
+            pool = {i: d for ids, d in zip(cands, docs) for i, d in zip(ids, d)}  # each distinct document once
+            bag_of = dict(zip(pool, vocab_bags(model, torch.stack(list(pool.values())))))
+            doc_bags = [torch.stack([bag_of[i] for i in ids]) for ids in cands]  # (n_i, V) each
+            df = torch.stack(list(bag_of.values())).sum(0)  # (V,) soft document frequency
+            idf = torch.log1p(len(bag_of) / (df + 0.5))
+            for enc, q in encoders.items():
+                q_bags = vocab_bags(model, q)
+                table[enc]["vocab_cos"] = recall_at(cands, golds, q_bags, doc_bags, vocab_cos, args.k)
+                table[enc]["vocab_idf"] = recall_at(cands, golds, q_bags, doc_bags, vocab_idf(idf), args.k)
     for kind in args.teacher or []:
         with torch.no_grad():
             losses = [candidate_losses(model, e, d, kind, [x.full_text() for x in e.docs]) for e, d in zip(examples, docs)]
