@@ -19,9 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from clara.checkpoint import FORMAT, FORMAT_VERSION, WEIGHTS, atomic_folder_write, read_meta
+from clara.checkpoint import FORMAT, WEIGHTS, atomic_folder_write, read_meta, read_tensors
 from clara.config import ClaraConfig
 
 # The document side: the compressor's LoRA and the memory-token rows it appends to a document
@@ -45,13 +45,16 @@ def swap(docs: Path, reader: Path, out: Path) -> dict[str, int]:
     if doc_cfg.rank("compressor") != read_cfg.rank("compressor"):
         raise SystemExit(f"the compressor's LoRA rank differs: {docs} has {doc_cfg.rank('compressor')}, "
                          f"{reader} {read_cfg.rank('compressor')}")
-    doc_w, read_w = load_file(docs / WEIGHTS), load_file(reader / WEIGHTS)
+    # shared adapters written out: the crossed checkpoint keeps the reader's query reasoner even where
+    # the reader stored it as its compressor's copy
+    doc_w, read_w = read_tensors(docs), read_tensors(reader, reader_meta)
+    reader_meta = {**reader_meta, "format_version": 1, "shared_adapters": {}}
     if set(doc_w) != set(read_w):
         raise SystemExit(f"the checkpoints hold different tensors ({len(doc_w)} vs {len(read_w)})")
     mixed = {k: (doc_w[k] if is_doc_side(k) else read_w[k]) for k in read_w}
 
     def write(tmp: Path) -> None:
-        save_file(mixed, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(mixed, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": "1"})
         (tmp / "config.json").write_text(json.dumps(reader_meta, indent=2) + "\n")
 
     atomic_folder_write(out, write)

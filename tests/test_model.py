@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -442,3 +444,45 @@ def test_adapter_rank_grows_on_load_as_the_same_function(backbones, tmp_path):
     mixed = ClaraModel.from_backbone(tiny_config(backbones["qwen2"], adapter_r={"query_reasoner": 8}))
     with pytest.raises(ValueError, match=r"query reasoner \(rank 8\).*compressor's rank \(4\)"):
         mixed.init_query_reasoner_from_compressor()
+
+
+def test_query_reasoner_left_as_the_compressors_copy_is_stored_once(backbones, tmp_path):
+    """A query reasoner equal to the compressor (stage 3 with train_query_reasoner=false) is saved as
+    a reference (shared_adapters, format version 2) and loads as the same weights; a distinct one
+    is saved in full (format version 1, what older clara-rag reads)."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    perturb_lora(model)
+    model.save_pretrained(tmp_path / "own")
+    meta = json.loads((tmp_path / "own" / "config.json").read_text())
+    assert meta["shared_adapters"] == {} and meta["format_version"] == 1
+    full = load_file(str(tmp_path / "own" / "model.safetensors"))
+    model.init_query_reasoner_from_compressor()
+    model.save_pretrained(tmp_path / "copy")
+    meta = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert meta["shared_adapters"] == {"query_reasoner": "compressor"} and meta["format_version"] == 2
+    stored = load_file(str(tmp_path / "copy" / "model.safetensors"))
+    assert not any(k.startswith("query_reasoner/") for k in stored)
+    assert len(stored) == len(full) - sum(k.startswith("query_reasoner/") for k in full)
+    loaded = ClaraModel.from_pretrained(tmp_path / "copy")
+    for a, b in zip(loaded.adapter_parameters("query_reasoner"), model.adapter_parameters("query_reasoner"), strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        question = ["Where is the tower?"]
+        torch.testing.assert_close(loaded.encode_query(question), model.encode_query(question))
+    # a config that names a copy while the weights hold the adapter too is refused, naming the file
+    meta["shared_adapters"] = {"query_reasoner": "generator"}
+    (tmp_path / "copy" / "config.json").write_text(json.dumps(meta))
+    loaded = ClaraModel.from_pretrained(tmp_path / "copy")  # a valid mapping: the generator's weights
+    for a, b in zip(loaded.adapter_parameters("query_reasoner"), model.adapter_parameters("generator"), strict=True):
+        torch.testing.assert_close(a, b)
+    meta["shared_adapters"] = {"query_reasoner": "reader"}
+    (tmp_path / "copy" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"copy.*config.json: shared_adapters"):
+        ClaraModel.from_pretrained(tmp_path / "copy")
+    meta["shared_adapters"] = {"compressor": "generator"}
+    (tmp_path / "copy" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"holds weights for compressor"):
+        ClaraModel.from_pretrained(tmp_path / "copy")

@@ -1,7 +1,9 @@
 """This project's checkpoint format: ``config.json`` + ``model.safetensors``, no pickle.
 
 ``model.safetensors`` holds only what training changes: the three LoRA adapters
-(keys ``<adapter>/<peft key>``), the memory-token embedding rows (``mem_rows``) and, with
+(keys ``<adapter>/<peft key>``; an adapter whose weights equal another's, such as a query reasoner
+left at the compressor's copy by stage 3, is stored once and named in config.json's
+``shared_adapters``), the memory-token embedding rows (``mem_rows``) and, with
 ``mem_readout="soft_tokens_linear"``, the readout map (``mem_proj``); with ``"sub_spans"``, its maps
 (``mem_split.down``, ``mem_split.up``).
 ``config.json`` records the format version, the ClaraConfig and a fingerprint of the
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = "clara-rag"
-FORMAT_VERSION = 1
+#: Newest format this code reads. Version 2 adds ``shared_adapters`` (an adapter stored as another's
+#: copy); a checkpoint without shared adapters is still written as version 1, readable by older code.
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 
 
@@ -97,10 +101,13 @@ def save_checkpoint(
     """Save adapters, memory rows and config; ``dtype`` casts the tensors (e.g. float16 to ship small)."""
     from .model import ADAPTERS
 
+    states = {name: get_peft_model_state_dict(model.peft, adapter_name=name) for name in ADAPTERS}
+    shared = shared_adapters(states)
     tensors: dict[str, torch.Tensor] = {}
     for name in ADAPTERS:
-        for key, value in get_peft_model_state_dict(model.peft, adapter_name=name).items():
-            tensors[f"{name}/{key}"] = value
+        if name not in shared:
+            for key, value in states[name].items():
+                tensors[f"{name}/{key}"] = value
     tensors["mem_rows"] = model.mem_rows
     if model.mem_proj is not None:
         tensors["mem_proj"] = model.mem_proj.weight
@@ -109,19 +116,45 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if shared else 1,
         # the device is a runtime choice (from_pretrained(device=...)), not part of the model
         "clara_config": {**model.config.to_dict(), "device": "auto"},
         "backbone_fingerprint": backbone_fingerprint(model),
         "adapters": list(ADAPTERS),
+        "shared_adapters": shared,
         **(extra or {}),
     }
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(meta["format_version"])})
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     atomic_folder_write(Path(path), write)
+
+
+def shared_adapters(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
+    """{adapter: the adapter it is an exact copy of}: the query reasoner when it equals the compressor
+    (stage 3 with ``train_query_reasoner=false`` leaves it so), which then needs no tensors of its own."""
+    qr, comp = states["query_reasoner"], states["compressor"]
+    same = qr.keys() == comp.keys() and all(torch.equal(qr[k], comp[k]) for k in qr)
+    return {"query_reasoner": "compressor"} if same else {}
+
+
+def read_tensors(folder: Path, meta: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors with every shared adapter written out under its own name."""
+    from .model import ADAPTERS
+
+    meta = meta if meta is not None else read_config_json(folder / "config.json")
+    tensors = load_file(str(folder / WEIGHTS))
+    shared = meta.get("shared_adapters") or {}
+    for name, source in shared.items():
+        if name not in ADAPTERS or source not in ADAPTERS or source in shared:
+            raise CheckpointError(f"{folder / 'config.json'}: shared_adapters {shared} must map adapters to stored ones")
+        if any(k.startswith(f"{name}/") for k in tensors):
+            raise CheckpointError(f"{folder / WEIGHTS} holds weights for {name}, which config.json says is a copy of {source}")
+        prefix = f"{source}/"
+        tensors.update({f"{name}/{k[len(prefix):]}": v for k, v in list(tensors.items()) if k.startswith(prefix)})
+    return tensors
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
@@ -242,7 +275,7 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
     from .model import ADAPTERS
 
     folder = Path(folder)
-    tensors = load_file(str(folder / WEIGHTS), device=str(model.device))
+    tensors = {k: v.to(model.device) for k, v in read_tensors(folder).items()}
     if "mem_rows" not in tensors:
         raise CheckpointError(f"{folder / WEIGHTS} has no mem_rows tensor")
     proj = tensors.pop("mem_proj", None)
