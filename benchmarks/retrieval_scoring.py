@@ -152,7 +152,7 @@ def main() -> None:
     }
     if args.vocab:
         with torch.no_grad():
-            pool = {i: d for ids, d in zip(cands, docs) for i, d in zip(ids, d)}  # each distinct document once
+            pool = {i: s for ids, states in zip(cands, docs) for i, s in zip(ids, states)}  # each distinct document once
             bag_of = dict(zip(pool, vocab_bags(model, torch.stack(list(pool.values())))))
             doc_bags = [torch.stack([bag_of[i] for i in ids]) for ids in cands]  # (n_i, V) each
             df = torch.stack(list(bag_of.values())).sum(0)  # (V,) soft document frequency

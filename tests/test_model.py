@@ -472,12 +472,13 @@ def test_query_reasoner_left_as_the_compressors_copy_is_stored_once(backbones, t
     with torch.no_grad():
         question = ["Where is the tower?"]
         torch.testing.assert_close(loaded.encode_query(question), model.encode_query(question))
-    # a config that names a copy while the weights hold the adapter too is refused, naming the file
+    # the copy is read from whichever stored adapter config.json names
     meta["shared_adapters"] = {"query_reasoner": "generator"}
     (tmp_path / "copy" / "config.json").write_text(json.dumps(meta))
     loaded = ClaraModel.from_pretrained(tmp_path / "copy")  # a valid mapping: the generator's weights
     for a, b in zip(loaded.adapter_parameters("query_reasoner"), model.adapter_parameters("generator"), strict=True):
         torch.testing.assert_close(a, b)
+    # an unknown source, or a copy whose own weights are stored too, is refused, naming the file
     meta["shared_adapters"] = {"query_reasoner": "reader"}
     (tmp_path / "copy" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"copy.*config.json: shared_adapters"):

@@ -140,12 +140,12 @@ def shared_adapters(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, str
     return {"query_reasoner": "compressor"} if same else {}
 
 
-def read_tensors(folder: Path, meta: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors with every shared adapter written out under its own name."""
+def read_tensors(folder: Path, meta: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors (loaded onto ``device``) with every shared adapter written out under its own name."""
     from .model import ADAPTERS
 
     meta = meta if meta is not None else read_config_json(folder / "config.json")
-    tensors = load_file(str(folder / WEIGHTS))
+    tensors = load_file(str(folder / WEIGHTS), device=device)
     shared = meta.get("shared_adapters") or {}
     for name, source in shared.items():
         if name not in ADAPTERS or source not in ADAPTERS or source in shared:
@@ -249,10 +249,12 @@ def grow_lora(
     directions start training from there. A lower rank is an error: truncating would change it.
     """
     out = dict(saved)
+    grew = False
     for key, value in saved.items():
         target = fresh.get(key)
         if target is None or target.shape == value.shape:
             continue
+        grew = True
         is_a, is_b = ".lora_A." in key, ".lora_B." in key
         rank_dim = 0 if is_a else 1
         same_other = value.dim() == 2 and value.shape[1 - rank_dim] == target.shape[1 - rank_dim]
@@ -265,7 +267,7 @@ def grow_lora(
         if is_b:
             pad = torch.zeros_like(pad)
         out[key] = torch.cat([value.to(pad.dtype), pad.to(value.device)], dim=rank_dim)
-    if any(out[k].shape != v.shape for k, v in saved.items()):
+    if grew:
         log.info("%s: the %s adapter's LoRA rank grown on load (its new directions start at zero)", folder, adapter)
     return out
 
@@ -275,7 +277,7 @@ def load_weights(model: "ClaraModel", folder: str | Path) -> None:
     from .model import ADAPTERS
 
     folder = Path(folder)
-    tensors = {k: v.to(model.device) for k, v in read_tensors(folder).items()}
+    tensors = read_tensors(folder, device=str(model.device))
     if "mem_rows" not in tensors:
         raise CheckpointError(f"{folder / WEIGHTS} has no mem_rows tensor")
     proj = tensors.pop("mem_proj", None)
