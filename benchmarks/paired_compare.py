@@ -27,6 +27,8 @@ def load_scores(run: Path, system: str | None, metric: str, by: str | None = Non
     """Question id -> score (in percent) of one system in an eval run's predictions, and question
     id -> group: the row's ``meta[by]`` (e.g. the question type; "-" where absent), empty without ``by``."""
     path = run / "predictions.jsonl" if run.is_dir() else run
+    if not path.is_file():
+        raise SystemExit(f"{run}: no eval run there (expected a `clara eval -o` folder or its predictions.jsonl)")
     scores: dict[str, float] = {}
     groups: dict[str, str] = {}
     for n, row in read_jsonl(path):  # malformed lines raise DataError naming file and line
