@@ -44,8 +44,10 @@ def load_scores(run: Path, system: str | None, metric: str, by: str | None = Non
     return scores, groups
 
 
-def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Mean of a - b over the questions both answered, and a percentile bootstrap 95% interval."""
+def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2000, seed: int = 0,
+                      digits: int = 2) -> dict[str, Any]:
+    """Mean of a - b over the questions both answered, and a percentile bootstrap 95% interval
+    (rounded to ``digits``: 2 for scores in percent, more for losses in nats)."""
     ids = sorted(set(a) & set(b))
     if not ids:
         raise SystemExit("the two runs share no question id")
@@ -54,10 +56,10 @@ def paired_difference(a: dict[str, float], b: dict[str, float], samples: int = 2
     means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(samples))
     return {
         "questions": len(ids),
-        "mean_a": round(sum(a[i] for i in ids) / len(ids), 2),
-        "mean_b": round(sum(b[i] for i in ids) / len(ids), 2),
-        "mean_diff": round(sum(diffs) / len(diffs), 2),
-        "ci95": [round(means[int(0.025 * samples)], 2), round(means[int(0.975 * samples) - 1], 2)],
+        "mean_a": round(sum(a[i] for i in ids) / len(ids), digits),
+        "mean_b": round(sum(b[i] for i in ids) / len(ids), digits),
+        "mean_diff": round(sum(diffs) / len(diffs), digits),
+        "ci95": [round(means[int(0.025 * samples)], digits), round(means[int(0.975 * samples) - 1], digits)],
     }
 
 

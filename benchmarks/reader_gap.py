@@ -20,6 +20,12 @@ reads its training questions), compressed, and reports per answer token (mean ov
 Without ``--teacher`` only ``ce``, ``ce_zeroed`` and ``ce_closed_book`` are measured (the
 documents' worth needs no teacher).
 
+Every checkpoint's per-question ``ce`` and ``worth`` (closed book minus reading) are kept under
+``per_question`` (by question id), and every checkpoint after the first is compared with the
+first question by question (``paired``: mean difference, this one minus the first, with a
+bootstrap 95% interval, ``benchmarks/paired_compare.py``'s). The answer loss separates two readers
+on 100 questions far better than F1 does, where one question is one point.
+
     python benchmarks/reader_gap.py CKPT... [--teacher runs/text240/final] [--data FILE] [--limit 100] [--out FILE]
 """
 
@@ -41,6 +47,7 @@ from clara.model import row_means
 from clara.train.instruct import read_docs
 from clara.train.reader_distill import ReaderTeacher, answer_losses
 from clara.train.rows import load_exclusions
+from paired_compare import paired_difference  # the sibling script (benchmarks/ is on sys.path when run)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
@@ -77,6 +84,7 @@ def main() -> None:
                     out += row_means(F.cross_entropy(logits, labels, reduction="none"), rows, len(answers[sl])).tolist()
         result |= {"teacher_ce": round(mean(teacher_ce), 4), "teacher_ce_closed_book": round(mean(teacher_closed), 4)}
     result["models"] = {}
+    per_question: dict[str, dict[str, dict[str, float]]] = {}  # checkpoint -> ce / worth -> question id -> nats
     for ckpt in args.checkpoints:
         start = time.perf_counter()
         model = ClaraModel.from_pretrained(None if ckpt == "default" else ckpt, device="cpu").eval()
@@ -97,8 +105,17 @@ def main() -> None:
                 closed, _ = answer_losses(model, no_docs, answers[sl], none, args.max_target_len)
                 table["ce_closed_book"] += closed.tolist()
         result["models"][ckpt] = {k: round(mean(v), 4) for k, v in table.items() if v} | {"seconds": round(time.perf_counter() - start, 1)}
+        ids = [e.id for e in examples]
+        worth = [c - r for c, r in zip(table["ce_closed_book"], table["ce"])]
+        per_question[ckpt] = {"ce": dict(zip(ids, table["ce"])), "worth": dict(zip(ids, worth))}
         print(ckpt, json.dumps(result["models"][ckpt]), flush=True)
+    first, *others = args.checkpoints
+    for ckpt in others:  # question by question: this checkpoint minus the first
+        result["models"][ckpt]["paired"] = {
+            key: paired_difference(per_question[ckpt][key], per_question[first][key], digits=4) for key in ("ce", "worth")
+        }
     print(json.dumps(result, indent=2))
+    result["per_question"] = {ckpt: {k: {i: round(v, 4) for i, v in d.items()} for k, d in pq.items()} for ckpt, pq in per_question.items()}
     if args.out:
         atomic_write_json(args.out, result)
 
