@@ -5,6 +5,7 @@
 # output_dir/checkpoint/model.
 #   bash scripts/train_default_cpu.sh            # RATIO=16: the shipped default
 #   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 model of session 18 (not shipped)
+#   RATIO=8 bash scripts/train_default_cpu.sh    # the same recipe at ratio 8, session 29 (not shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATIO=${RATIO:-16}
@@ -25,17 +26,17 @@ stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_
 # query reasoner stays the compressor's copy, only the generator trains
 extra2="model.retrieval_score=maxsim retrieval_weight=1.0 retrieval_docs=10 retrieval_in_batch=true adapter_lr.compressor=1e-3"
 extra3="train_query_reasoner=false"
-if [ "$RATIO" = 4 ]; then
-    # stage 1c (session 18): stage 1 widened to 32 memory tokens (each <MEMi> row repeated; session
+if [ "$RATIO" != 16 ]; then
+    # stage 1c (session 18 at ratio 4, session 29 at 8): stage 1 widened to 32 (16) memory tokens (each <MEMi> row repeated; session
     # 18 widened step 850, the shipped default's stage-1 weights: scripts/restore_step850.sh), half
     # of the examples read the span means (the oracle) instead of the compressor's memory; stages 2
     # and 3 are then the recipe below. Session 9's ratio-4 model instead added a stage 1d
     # with the span-mean loss (span_weight=2.0, 200 steps, seed 2) and trained stages 2-3 with
     # span_weight=2.0 recon_mix=0.5 and no retrieval loss; its query reasoner retrieved far worse
     # (docs/training.md, sessions 9 and 18)
-    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4 \
-        model.compression_ratio=4 model.mem_readout=soft_tokens lr=5e-4 max_steps=250 seed=1 oracle_mix=0.5
-    stage1=runs/scp4/final
+    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp${RATIO} \
+        model.compression_ratio=$RATIO model.mem_readout=soft_tokens lr=5e-4 max_steps=250 seed=1 oracle_mix=0.5
+    stage1=runs/scp${RATIO}/final
 fi
 # stage 2: question + 5 compressed documents -> answer (anchoring kept on)
 clara train instruct -c configs/default/instruct.yaml init=$stage1 output_dir=runs/instruct${RATIO} \
