@@ -167,6 +167,21 @@ def test_bad_inputs(backbones):
         model.generate(["a?", "b?"], [torch.zeros(1, n, h)])
     with pytest.raises(ValueError, match=r"must be a tensor \(k"):
         model.generate(["a?"], [torch.zeros(1, n + 1, h)])
+    # a control token typed into a question would become a memory slot with no document behind it
+    with pytest.raises(ValueError, match=r"questions\[1\] contains '<MEM0>'"):
+        model.generate(["a?", "what is <MEM0>?"], [torch.zeros(1, n, h)] * 2)
+
+
+def test_control_tokens_in_documents_are_read_as_text(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    from clara import tokens
+
+    (row,), _ = tokens.compressor_ids(model.tokenizer, ["a <SEP> b <MEM0> c"], 64, model.special)
+    body = row[1:-(model.config.n_mem + 1)]  # between <ENC> (bos) and eos <MEM..>
+    assert model.special.sep not in body and not set(model.special.mem) & set(body)
+    assert model.tokenizer.decode(body).replace(" ", "").endswith("a<SEP>b<MEM0>c")
+    states = model.compress(["a <SEP> b <MEM0> c"])  # compresses like any text
+    assert states.shape == (1, model.config.n_mem, model.hidden_size) and torch.isfinite(states).all()
 
 
 def test_long_documents_truncated_and_logged(backbones, caplog):

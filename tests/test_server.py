@@ -116,6 +116,8 @@ def test_bad_requests_get_clear_4xx(setup):
     assert r.status_code == 422 and "limit" in r.json()["detail"]
     r = httpx.post(url + "/v1/ask", json={"question": "   "})
     assert r.status_code == 422 and "blank" in r.json()["detail"]
+    r = httpx.post(url + "/v1/ask", json={"question": "what is <MEM0>?"})
+    assert r.status_code == 422 and "control tokens" in r.json()["detail"]
     r = httpx.post(url + "/v1/retrieve", json={"query": "x" * 5000})
     assert r.status_code == 422 and "characters" in r.json()["detail"]
     r = httpx.post(url + "/v1/ask", json={"question": "q", "max_new_tokens": 100000})
@@ -157,7 +159,7 @@ def test_added_documents_searchable_and_survive_restart(setup):
     n = httpx.get(server.url + "/health").json()["documents"]
     r = httpx.post(server.url + "/v1/documents", json={"documents": [doc]}, timeout=60)
     assert r.status_code == 200, r.text
-    assert r.json() == {"added": 1, "total": n + 1}
+    assert r.json() == {"added": 1, "total": n + 1, "truncated": 0}
     r = httpx.post(server.url + "/v1/documents", json={"documents": [doc]}, timeout=60)
     assert r.status_code == 409 and "zorb-1" in r.json()["detail"]
 
@@ -178,3 +180,46 @@ def test_added_documents_searchable_and_survive_restart(setup):
     finally:
         restarted.stop()
         setup[2].__dict__.update(restarted.__dict__)  # the fixture's teardown stops the live one
+
+
+def test_one_failing_question_does_not_fail_its_batch():
+    """The micro-batcher answers a failed batch one question at a time: only the bad one errs."""
+    from clara.server import MicroBatcher
+
+    class Rag:  # ask_batch is all the batcher calls
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def ask_batch(self, questions: list[str], ks: list[int], max_new: int) -> list[str]:
+            self.calls.append(list(questions))
+            if any(q.startswith("bad") for q in questions):
+                raise ValueError("bad question")
+            return [q.upper() for q in questions]
+
+    async def run() -> list[object]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        rag = Rag()
+        batcher = MicroBatcher(rag, ThreadPoolExecutor(1), max_batch=8, max_wait_s=0.2)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            results = await asyncio.gather(*[batcher.ask(q, 3, 5) for q in ("a", "bad b", "c")], return_exceptions=True)
+        finally:
+            await batcher.stop()
+        assert rag.calls[0] == ["a", "bad b", "c"] and sorted(rag.calls[1:]) == [["a"], ["bad b"], ["c"]]
+        assert batcher.stats["asks"] == 2
+        return results
+
+    a, b, c = asyncio.run(run())
+    assert (a, c) == ("A", "C")
+    assert isinstance(b, ValueError) and "bad question" in str(b)
+
+
+def test_server_refuses_defaults_over_its_limits(setup):
+    from clara.server import ServerConfig, create_app
+
+    model, root, _ = setup
+    rag = ClaraRAG(model, MemoryIndex.open(root / "idx"), k=30, max_new_tokens=5)
+    with pytest.raises(ValueError, match=r"k=30.*max_k=20"):
+        create_app(rag, ServerConfig())
+    assert create_app(rag, ServerConfig(max_k=30)) is not None

@@ -723,7 +723,7 @@ class ClaraModel(nn.Module):
         ``pre_read``: the states already are the generator's input rows (:meth:`read_memory`
         applied, as a memory index stores them), which saves one output-head pass.
         """
-        questions = tokens.check_texts(questions, "questions")
+        questions = tokens.check_texts(questions, "questions", control_ok=False)
         states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question", pre_read)
         prompts = self.answer_prompts(questions, [s.shape[0] for s in states])
         return self.generate_from_prompts(

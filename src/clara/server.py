@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from . import tokens
 from .data.corpus import Document
 from .rag import Answer, ClaraRAG
 
@@ -91,6 +92,7 @@ class DocumentsRequest(BaseModel):
 class DocumentsResponse(BaseModel):
     added: int
     total: int
+    truncated: int = Field(0, description="Added documents longer than the model's doc_max_len tokens: only their start is in memory.")
 
 
 # ---------------------------------------------------------------------- micro-batching
@@ -132,6 +134,17 @@ class MicroBatcher:
                 break
         return batch
 
+    async def _one_by_one(self, questions: list[str], ks: list[int], max_new: int) -> list[Answer | Exception]:
+        """Each question in its own generate call: its answer, or the exception it raised."""
+        loop = asyncio.get_running_loop()
+        answers: list[Answer | Exception] = []
+        for question, k in zip(questions, ks):
+            try:
+                answers += await loop.run_in_executor(self.executor, self.rag.ask_batch, [question], [k], max_new)
+            except Exception as e:  # noqa: BLE001 - this request's own error
+                answers.append(e)
+        return answers
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -144,22 +157,25 @@ class MicroBatcher:
                 live = [it for it in items if not it[3].cancelled()]  # clients that hung up
                 if not live:
                     continue
+                questions, ks = [it[0] for it in live], [it[1] for it in live]
+                answers: list[Answer | Exception]
                 try:
-                    answers = await loop.run_in_executor(
-                        self.executor, self.rag.ask_batch, [it[0] for it in live], [it[1] for it in live], max_new
-                    )
-                except Exception as e:  # noqa: BLE001 - handed to every waiting request
-                    log.exception("ask batch failed")
-                    for it in live:
-                        if not it[3].done():
-                            it[3].set_exception(e)
-                    continue
-                self.stats["asks"] += len(live)
+                    answers = list(await loop.run_in_executor(self.executor, self.rag.ask_batch, questions, ks, max_new))
+                except Exception as e:  # noqa: BLE001 - handed to the waiting request(s)
+                    log.exception("ask batch of %d failed", len(live))
+                    # one bad question must not fail the others: answer them one at a time
+                    answers = [e] if len(live) == 1 else await self._one_by_one(questions, ks, max_new)
+                for it, answer in zip(live, answers):
+                    if it[3].done():
+                        continue
+                    if isinstance(answer, Exception):
+                        it[3].set_exception(answer)
+                    else:
+                        it[3].set_result(answer)
+                ok = sum(not isinstance(a, Exception) for a in answers)
+                self.stats["asks"] += ok
                 self.stats["generate_calls"] += 1
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
-                for it, answer in zip(live, answers):
-                    if not it[3].done():
-                        it[3].set_result(answer)
 
 
 # ---------------------------------------------------------------------- app
@@ -170,6 +186,11 @@ def _sources(answer_sources: list[Any], with_text: bool) -> list[SourceOut]:
 def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
     """A FastAPI app serving ``rag``; run it with uvicorn (``clara serve`` does)."""
     config = config or ServerConfig()
+    if rag.k > config.max_k or rag.max_new_tokens > config.max_new_tokens:
+        raise ValueError(
+            f"the RAG's defaults (k={rag.k}, max_new_tokens={rag.max_new_tokens}) exceed the server's limits "
+            f"(max_k={config.max_k}, max_new_tokens={config.max_new_tokens}): every request relying on them would fail"
+        )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clara-model")
     batcher = MicroBatcher(rag, executor, config.max_batch, config.max_wait_ms / 1000)
 
@@ -220,6 +241,8 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
             raise HTTPException(422, f"{what} is blank")
         if len(text) > config.max_chars:
             raise HTTPException(422, f"{what} is {len(text)} characters; the limit is {config.max_chars}")
+        if m := tokens.CONTROL.search(text):
+            raise HTTPException(422, f"{what} contains {m.group()!r}, one of CLaRa's control tokens")
         return text
 
     @app.get("/health")
@@ -262,6 +285,6 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
             raise HTTPException(409, f"document ids already present or repeated: {dup[:10]}")
         docs = [Document(id=d.id, text=d.text.strip(), title=d.title.strip(), meta=d.meta) for d in body.documents]
         report = await asyncio.get_running_loop().run_in_executor(executor, rag.add_documents, docs)
-        return DocumentsResponse(added=report.added, total=report.total)
+        return DocumentsResponse(added=report.added, total=report.total, truncated=report.truncated)
 
     return app

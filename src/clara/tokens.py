@@ -15,6 +15,7 @@ per document; the model overwrites those rows of ``inputs_embeds`` with memory s
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -22,6 +23,8 @@ from transformers import PreTrainedTokenizerBase
 log = logging.getLogger(__name__)
 
 AE, ENC, SEP = "<AE>", "<ENC>", "<SEP>"
+#: CLaRa's control tokens as they would appear in user text
+CONTROL = re.compile(r"<MEM\d+>|<AE>|<ENC>|<SEP>")
 
 QA_SYSTEM = (
     "You are a helpful assistant. Your task is to extract relevant information from provided "
@@ -76,8 +79,13 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, n_mem: int) -> Specia
     return SpecialTokens(mem=tuple(ids[:n_mem]), ae=ids[n_mem], enc=ids[n_mem + 1], sep=ids[n_mem + 2])
 
 
-def check_texts(texts: object, what: str) -> list[str]:
-    """Validate a batch of input strings: a non-empty list of non-empty strings."""
+def check_texts(texts: object, what: str, control_ok: bool = True) -> list[str]:
+    """Validate a batch of input strings: a non-empty list of non-empty strings.
+
+    With ``control_ok=False`` a text may not contain CLaRa's control tokens (:data:`CONTROL`):
+    questions go into the generator prompt as text, where a literal ``<MEM0>`` would become a
+    memory slot with no document behind it. Documents may (the compressor reads them as text).
+    """
     if isinstance(texts, str):
         raise TypeError(f"{what} must be a list of strings, not a single string (wrap it in a list)")
     texts = list(texts)  # type: ignore[call-overload]
@@ -86,6 +94,8 @@ def check_texts(texts: object, what: str) -> list[str]:
             raise TypeError(f"{what}[{i}] must be a string, got {type(t).__name__}")
         if not t.strip():
             raise ValueError(f"{what}[{i}] is empty; empty texts cannot be compressed")
+        if not control_ok and (m := CONTROL.search(t)):
+            raise ValueError(f"{what}[{i}] contains {m.group()!r}, one of CLaRa's control tokens, which a question cannot carry")
     return texts
 
 
@@ -100,7 +110,8 @@ def compressor_ids(
         from . import apple  # Apple's layouts live with the rest of the Apple compatibility code
 
         return apple.compressor_ids(tokenizer, texts, max_len, special)
-    bodies = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # user text is read as text: a "<SEP>" or "<|im_end|>" in a document is not the special token
+    bodies = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     head = [special.enc] + ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [])
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     truncated = sum(len(b) > max_len for b in bodies)
