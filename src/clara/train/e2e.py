@@ -8,6 +8,7 @@ reach the query reasoner only through the selection Z and the scores.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..data.qa import QAExample
@@ -49,23 +51,40 @@ def add_candidates(examples: list[QAExample], n: int, seed: int) -> list[QAExamp
 
 @torch.no_grad()
 def cache_doc_states(model: ClaraModel, examples: list[QAExample], path: Path, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Compress every candidate once (frozen compressor); reuse the file when it covers them all."""
+    """Compress every candidate once (frozen compressor); reuse the file when it covers them all
+    and was written by this compressor (its weights and ``doc_max_len``) from the same texts."""
     ids = sorted({d.id for ex in examples for d in ex.docs})
+    texts = {d.id: d.full_text() for ex in examples for d in ex.docs}
+    key = _cache_key(model, [(i, texts[i]) for i in ids])
     if path.is_file():
-        cached = load_file(str(path))
-        if all(i in cached for i in ids):
+        with safe_open(str(path), "pt") as f:
+            written_by = (f.metadata() or {}).get("key")
+        cached = load_file(str(path)) if written_by == key else {}
+        if cached and all(i in cached for i in ids):
             log.info("using cached document states from %s", path)
             return cached
-    texts = {d.id: d.full_text() for ex in examples for d in ex.docs}
+        log.info("%s holds other states (another compressor, length or texts); compressing again", path)
     was_training = model.training
     model.eval()
     states = model.compress([texts[i] for i in ids], batch_size=batch_size, progress=True)
     model.train(was_training)
     cache = {i: s.contiguous().cpu() for i, s in zip(ids, states)}
     tmp = path.with_suffix(".tmp")
-    save_file(cache, str(tmp))
+    save_file(cache, str(tmp), metadata={"key": key})
     tmp.replace(path)
     return cache
+
+
+def _cache_key(model: ClaraModel, docs: list[tuple[str, str]]) -> str:
+    """What the cached states depend on: the compressor's weights and memory rows, the length
+    documents are cut to, and every (id, text) compressed."""
+    from ..index.fingerprint import adapter_hash  # the index's hash of the same weights
+
+    digest = hashlib.sha256(adapter_hash(model, ("compressor",)).encode())
+    digest.update(str(model.config.doc_max_len).encode())
+    for doc_id, text in docs:
+        digest.update(f"{doc_id}\0{text}\0".encode())
+    return digest.hexdigest()
 
 
 def cached_candidates(cache: dict[str, torch.Tensor], exs: list[QAExample]) -> torch.Tensor:

@@ -17,6 +17,7 @@ its checkpoint computes the same next loss as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -62,6 +63,13 @@ def _save(acc: Accelerator, model: ClaraModel, opt, sched, folder: Path, step: i
     atomic_folder_write(folder, write)
 
 
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """The training settings that differ between a checkpoint's run and this one ("" when none),
+    leaving out the time budget (a stopped run is resumed with another by design)."""
+    keys = sorted((set(saved) | set(current)) - {"max_minutes"})
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k))
+
+
 def param_groups(model: ClaraModel, params: list[torch.nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW parameter groups: each adapter of ``cfg.adapter_lr`` at its own peak learning rate,
     every other trainable parameter at ``cfg.lr``. The schedule scales all groups alike."""
@@ -105,7 +113,8 @@ def train_loop(
         raise ValueError("nothing to train: no parameter requires grad")
     opt = torch.optim.AdamW(param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = acc.prepare(model, opt, loader)
-    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+    # accelerate also steps at the loader's end, so a short last accumulation is a step of its own
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
 
@@ -120,6 +129,10 @@ def train_loop(
         step, epoch = state["step"], state["epoch"]
         skip = (step - epoch * steps_per_epoch) * cfg.grad_accum  # micro-batches already seen this epoch
         log.info("resuming from %s at step %d (epoch %d)", ckpt, step, epoch)
+        saved = json.loads((ckpt / "model" / "config.json").read_text()).get("training", {})
+        if changed := changed_settings(saved, cfg.to_dict()):
+            log.warning("resuming %s under settings other than the run's so far (%s): it goes on under the new ones",
+                        ckpt, changed)
 
     unwrapped: ClaraModel = acc.unwrap_model(model)
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage}", disable=not acc.is_local_main_process)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -32,8 +33,21 @@ def build_model(cfg: TrainConfig) -> ClaraModel:
         free = ("device", "dtype", "mem_readout", "readout_tokens", "mem_scale", "retrieval_score", "compression_ratio",
                 "adapter_r")
         overrides = {k: v for k, v in cfg.model.items() if k in free}
-        return ClaraModel.from_pretrained(cfg.init, **overrides)
+        model = ClaraModel.from_pretrained(cfg.init, **overrides)
+        ignored = [f"model.{k}={v!r} (the checkpoint's: {getattr(model.config, k, None)!r})"
+                   for k, v in cfg.model.items() if k not in free and getattr(model.config, k, None) != v]
+        if ignored:
+            log.warning("%s fixes the model's shape; ignored: %s", cfg.init, ", ".join(ignored))
+        return model
     return ClaraModel.from_backbone(ClaraConfig(**cfg.model))
+
+
+def init_stage(cfg: TrainConfig) -> str | None:
+    """The training stage that wrote ``cfg.init`` (None: a fresh model, or a checkpoint with no record)."""
+    config = Path(cfg.init) / "config.json" if cfg.init else None
+    if config is None or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("training", {}).get("stage")
 
 
 def scp_data(cfg: TrainConfig, exclude: set[str]) -> tuple[list[ScpRow], list[ScpRow]]:
@@ -98,8 +112,12 @@ def train(cfg: TrainConfig, accelerator: Accelerator | None = None) -> dict[str,
         step = text.make_step(cfg)
     else:
         data = e2e.add_candidates(qa_data(cfg, exclude), cfg.n_candidates, cfg.seed)
-        # the query reasoner starts as a copy of the compressor (CLARA.md section 5)
-        model.init_query_reasoner_from_compressor()
+        # the query reasoner starts as a copy of the compressor (CLARA.md section 5), unless
+        # stage 3 goes on from a stage-3 checkpoint, whose query reasoner it keeps
+        if init_stage(cfg) == "e2e":
+            log.info("%s is a stage-3 checkpoint: its query reasoner is kept", cfg.init)
+        else:
+            model.init_query_reasoner_from_compressor()
         # compressor and memory rows stay frozen: cached document states stay valid
         model.set_trainable(("query_reasoner", "generator") if cfg.train_query_reasoner else ("generator",), mem_rows=False)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
