@@ -39,9 +39,9 @@ CORPUS_2WIKI = SHARED / "2wikimultihopqa" / "corpus_6119.json"
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    """Run the real `clara` command line in a subprocess."""
+    """Run the real `clara` command line (`python -m clara`, the console script's entry) in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-c", "from clara.cli import app; app()", *args],
+        [sys.executable, "-m", "clara", *args],
         capture_output=True, text=True, timeout=300, **kw,
     )
 
@@ -115,6 +115,39 @@ def test_uncommitted_shard_is_invisible_and_overwritten(model, docs, tmp_path):
     add_documents(model, reopened, docs[10:20], progress=False)
     again = MemoryIndex.open(tmp_path / "idx")
     assert again.ids == [d.id for d in docs[:20]] and again.verify() == []
+
+
+def test_build_report_counts_documents_cut_to_doc_max_len(model, tmp_path, caplog):
+    index = open_or_create(model, tmp_path / "idx")
+    long_doc = Document(id="long", text=" ".join(f"word{i}" for i in range(4 * model.config.doc_max_len)))
+    short = [Document(id=f"s{i}", text=t) for i, t in enumerate(["Paris is in France.", "Ice is cold."])]
+    with caplog.at_level("WARNING"):
+        report = add_documents(model, index, [*short, long_doc], progress=False)
+    assert (report.added, report.truncated) == (3, 1) and "were cut" in caplog.text
+    assert add_documents(model, index, [Document(id="s3", text="Rome is old.")], progress=False).truncated == 0
+
+
+def test_two_writers_take_turns_and_keep_each_others_documents(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=10)
+    add_documents(model, index, docs[:5], progress=False)
+    # two writers that opened the same index (a server and `clara index add`) add in turn
+    server, cli_writer = MemoryIndex.open(tmp_path / "idx"), MemoryIndex.open(tmp_path / "idx")
+    add_documents(model, cli_writer, docs[5:8], progress=False)
+    with pytest.raises(MemoryIndexError, match="already in the index"):
+        add_documents(model, server, docs[6:7], progress=False)  # the other writer's document is seen
+    add_documents(model, server, docs[8:12], progress=False)
+    assert server.ids == [d.id for d in docs[:12]]
+    again = MemoryIndex.open(tmp_path / "idx")
+    assert again.ids == [d.id for d in docs[:12]] and again.verify() == []
+    assert [s.name for s in again.shards] == ["00000", "00001", "00002"]
+    # a reader (a running server's RAG) takes in what a writer added, with no restart
+    from clara import ClaraRAG
+
+    rag = ClaraRAG(model, again, k=3)
+    add_documents(model, cli_writer, docs[12:13], progress=False)
+    assert docs[12].id not in again
+    hits = rag.retrieve([docs[12].text], k=20)[0]
+    assert docs[12].id in again and docs[12].id in [h.id for h in hits]
 
 
 def test_index_refuses_another_model(model, backbones, docs, tmp_path):
@@ -226,6 +259,10 @@ def test_folder_corpus_chunk_ids_trace_to_file_and_offset(model, tmp_path):
     add_documents(model, index, chunks, progress=False)
     ids = MemoryIndex.open(tmp_path / "idx").ids
     assert "b.md#0" in ids and "sub/a.txt#0" in ids and len(ids) > 3
+    # every chunk fits the compressor whole, title included (nothing truncated)
+    lengths = [len(model.tokenizer(index.document(index.row_of(i)).full_text(), add_special_tokens=False)["input_ids"])
+               for i in ids]
+    assert max(lengths) <= model.config.doc_max_len and max(lengths) >= model.config.doc_max_len - 8, lengths
     for doc_id in ids:
         if doc_id.startswith("sub/a.txt#"):
             offset = int(doc_id.split("#")[1])
@@ -311,3 +348,15 @@ def test_cli_build_readout_flag(backbones, docs, tmp_path):
         assert info["readout"] is (flag == "--readout") and info["documents"] == 10
         sizes[flag] = info["bytes_per_document"]
     assert sizes["--no-readout"] < 0.6 * sizes["--readout"]
+
+
+def test_cli_user_errors_are_one_line_not_tracebacks(tmp_path):
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    for args in (["inspect", "query", "who?", "--checkpoint", str(not_a_checkpoint), "--device", "cpu"],
+                 ["convert", "--from-apple", str(not_a_checkpoint), "--out", str(tmp_path / "out"), "--device", "cpu"]):
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        assert "error:" in r.stderr and str(not_a_checkpoint) in r.stderr.replace("\n", "") and "Traceback" not in r.stderr
+    r = cli("-v", "inspect", "query", "who?", "--checkpoint", str(not_a_checkpoint), "--device", "cpu")
+    assert r.returncode != 0 and "Traceback" in r.stderr  # -v keeps it

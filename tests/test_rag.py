@@ -134,6 +134,9 @@ def test_cli_ask_demo_builds_once_then_reuses(model, tmp_path):
     one = json.loads(r.stdout)
     assert one["question"] == "Who was Teutberga?" and len(one["sources"]) == 5
     assert all(s["id"].startswith("2wiki-") for s in one["sources"])
+    # the demo questions belong to the demo corpus: another index needs a question
+    r = _clara("ask", "--index", str(tmp_path / "my-index"), "--model", str(ckpt), cache=cache)
+    assert r.returncode == 2 and "give a QUESTION" in r.stderr + r.stdout
 
 
 @pytest.mark.integration
@@ -219,6 +222,22 @@ def test_reopening_keeps_the_index_readout_setting(soft_model, docs, tmp_path, c
         again = open_or_create(soft_model, tmp_path / "idx", readout=True)
     assert not again.has_readout and "ignoring readout=True" in caplog.text
     assert add_documents(soft_model, again, docs[:6], progress=False).added == 2
+
+
+def test_readout_index_refuses_a_model_with_another_mem_scale(soft_model, docs, tmp_path):
+    rows = open_or_create(soft_model, tmp_path / "rows", readout=True)
+    lean = open_or_create(soft_model, tmp_path / "lean", readout=False)
+    for index in (rows, lean):
+        add_documents(soft_model, index, docs[:3], progress=False)
+    scale = soft_model.config.mem_scale
+    try:
+        soft_model.config.mem_scale = scale * 2  # the stored rows were scaled by the old value
+        with pytest.raises(MemoryIndexError, match="mem_scale"):
+            MemoryIndex.open(tmp_path / "rows").check_model(soft_model)
+        MemoryIndex.open(tmp_path / "lean").check_model(soft_model)  # states alone do not depend on it
+    finally:
+        soft_model.config.mem_scale = scale
+    MemoryIndex.open(tmp_path / "rows").check_model(soft_model)
 
 
 def test_top_token_models_read_states_not_stored_rows(soft_model, backbones, docs, tmp_path):

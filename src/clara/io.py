@@ -20,20 +20,20 @@ def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> Iterator[tuple[i
     skipped instead: resumable jobs read their own output this way.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if torn_tail_ok and lineno == len(lines) and not line.endswith("\n"):
-                return
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
+    with open(path, encoding="utf-8") as f:  # streamed: a corpus may be larger than memory
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                # only the last line can lack its newline: a write cut by a kill
+                if torn_tail_ok and not line.endswith("\n"):
+                    return
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
 
 
 def require(obj: dict[str, Any], field: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -91,6 +91,7 @@ class ClaraRAG:
     # ------------------------------------------------------------------ retrieval
     def _retrieve(self, questions: list[str], k: int) -> tuple[list[list[Source]], list[list[int]], dict[str, float]]:
         t0 = time.perf_counter()
+        self.index.refresh()  # documents another process added since (one stat when none)
         q = self.model.encode_query(questions)  # (B, n_mem, H)
         t1 = time.perf_counter()
         scores, rows = self.searcher.search(q, k)  # (B, k')

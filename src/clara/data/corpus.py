@@ -119,7 +119,9 @@ def _read(path: Path, chunk_size: int, overlap: int, count: Callable[[str], int]
         for f in files:
             rel = f.relative_to(path).as_posix()
             text = f.read_text(encoding="utf-8", errors="replace")
-            for offset, piece in chunk_words(text, chunk_size, overlap, count):
+            # the compressor reads "title\ntext" (Document.full_text): the title's tokens come off the budget
+            budget = max(overlap + 1, chunk_size - (count(f"{f.stem}\n") if count else 1))
+            for offset, piece in chunk_words(text, budget, overlap, count):
                 yield Document(id=f"{rel}#{offset}", text=piece, title=f.stem, meta={"file": rel, "offset": offset})
         return
     if not path.is_file():

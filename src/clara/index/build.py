@@ -34,6 +34,7 @@ class BuildReport:
     skipped: int  # already in the index (a resumed build, or an add of known ids)
     total: int  # documents in the index afterwards
     seconds: float
+    truncated: int = 0  # added documents longer than doc_max_len tokens: the compressor read their start only
 
     @property
     def docs_per_second(self) -> float:
@@ -110,8 +111,10 @@ def add_documents(
 
     from ..model import MERGE_MIN_TEXTS
 
+    from ..tokens import compressor_ids
+
     start = time.perf_counter()
-    added = skipped = 0
+    added = skipped = truncated = 0
     bar = tqdm(total=total, initial=0, unit="doc", desc="compress", disable=not progress, dynamic_ncols=True)
     with ExitStack() as stack:
         merged = False
@@ -127,6 +130,8 @@ def add_documents(
                 stack.enter_context(model.merged("compressor"))
                 merged = True
             texts = [d.full_text() for d in new]
+            truncated += compressor_ids(model.tokenizer, texts, model.config.doc_max_len, model.special,
+                                        style=model.config.prompt_style)[1]
             # length-bucketed: batches of similar length pad little; rows go back to corpus order
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             states = torch.empty(len(new), index.n_mem, index.hidden_size)  # (n, n_mem, H)
@@ -144,4 +149,8 @@ def add_documents(
     seconds = time.perf_counter() - start
     if skipped:
         log.info("skipped %d documents already in the index", skipped)
-    return BuildReport(added=added, skipped=skipped, total=len(index), seconds=seconds)
+    if truncated:
+        log.warning("%d of %d documents added were longer than doc_max_len (%d tokens) and were cut to it; "
+                    "split long documents before indexing (a folder corpus is chunked)", truncated, added,
+                    model.config.doc_max_len)
+    return BuildReport(added=added, skipped=skipped, total=len(index), seconds=seconds, truncated=truncated)

@@ -16,7 +16,8 @@ from ..checkpoint import _fingerprint_mismatch, backbone_fingerprint
 if TYPE_CHECKING:
     from ..model import ClaraModel
 
-#: Config fields that change the memory states (device, dtype and mem_scale do not change the space).
+#: Config fields that change the memory states (device, dtype and mem_scale do not change the space;
+#: mem_scale does change stored readout rows, checked where an index has them).
 _STATE_FIELDS = ("backbone", "compression_ratio", "doc_max_len", "query_max_len", "prompt_style")
 
 
@@ -51,11 +52,15 @@ def model_fingerprint(model: "ClaraModel") -> dict[str, Any]:
         # not part of the state space (the same states serve either score): recorded so that
         # `clara index ann` builds the approximate index for the score the builder retrieves by
         "retrieval_score": cfg.retrieval_score,
+        # scales the generator's input rows: part of an index's stored readout rows, not of its states
+        "mem_scale": cfg.mem_scale,
     }
 
 
-def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """Why two fingerprints differ (None when they match); the backbone path may move, weights may not."""
+def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any], readout: bool = False) -> str | None:
+    """Why two fingerprints differ (None when they match); the backbone path may move, weights may not.
+    ``readout``: the index stores readout rows, which also depend on ``mem_scale`` (indexes written
+    before it was recorded are not checked for it)."""
     for key in ("n_mem", "hidden_size"):
         if saved.get(key) != current.get(key):
             return f"{key}: index has {saved.get(key)!r}, model has {current.get(key)!r}"
@@ -67,4 +72,6 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
         return f"backbone differs ({problem})"
     if saved.get("adapters_sha256") != current.get("adapters_sha256"):
         return "adapter weights differ (index built with another checkpoint)"
+    if readout and "mem_scale" in saved and saved["mem_scale"] != current.get("mem_scale"):
+        return f"mem_scale: the index's readout rows were scaled by {saved['mem_scale']!r}, the model scales by {current.get('mem_scale')!r}"
     return None

@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -35,6 +36,11 @@ from safetensors.numpy import save_file
 from ..data.corpus import Document
 from ..io import DataError, atomic_write_json, read_jsonl
 from .fingerprint import fingerprint_mismatch, model_fingerprint
+
+try:  # POSIX: writers from several processes (a server, `clara index add`) take turns
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: writers must not overlap
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +145,7 @@ class MemoryIndex:
                 self._ids.append(doc_id)
         if len(self._ids) != self.count:
             raise MemoryIndexError(f"{path}: manifest counts {self.count} documents but the shards hold {len(self._ids)}")
+        self._stamp = self._manifest_stamp()  # which manifest this object holds (refresh)
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -237,7 +244,7 @@ class MemoryIndex:
     # ------------------------------------------------------------------ model check
     def check_model(self, model: Any) -> None:
         """Raise MemoryIndexError if ``model`` did not produce this index's states."""
-        problem = fingerprint_mismatch(self.manifest["model_fingerprint"], model_fingerprint(model))
+        problem = fingerprint_mismatch(self.manifest["model_fingerprint"], model_fingerprint(model), self.has_readout)
         if problem:
             built = self.manifest.get("model_path") or "an unrecorded checkpoint"
             raise MemoryIndexError(
@@ -335,7 +342,8 @@ class MemoryIndex:
         ``readout`` (same shape: the generator's input rows) is required exactly when the
         index stores it. Ids must be new (duplicates in the index or in ``docs`` raise). Each
         call commits shards of at most ``shard_size`` rows; a kill leaves the index as it was
-        before the shard being written.
+        before the shard being written. Another process may write the same index: the two take
+        turns (a lock file), and each first takes in what the other committed.
         """
         expect = (len(docs), self.n_mem, self.hidden_size)
         states = _as_float32(states, expect, "states")
@@ -344,16 +352,53 @@ class MemoryIndex:
         if readout is not None and not self.has_readout:
             raise ValueError(f"index {self.path} was created without readout rows: do not pass readout=")
         readout = None if readout is None else _as_float32(readout, expect, "readout")
-        seen: set[str] = set()
-        for d in docs:
-            if d.id in self._row_of or d.id in seen:
-                raise MemoryIndexError(f"document id {d.id!r} is already in the index {self.path}")
-            seen.add(d.id)
-        size = int(self.manifest["shard_size"])
-        for start in range(0, len(docs), size):
-            part = slice(start, start + size)
-            self._commit_shard(list(docs[part]), states[part], None if readout is None else readout[part])
+        with self._write_lock():
+            self.refresh()
+            seen: set[str] = set()
+            for d in docs:
+                if d.id in self._row_of or d.id in seen:
+                    raise MemoryIndexError(f"document id {d.id!r} is already in the index {self.path}")
+                seen.add(d.id)
+            size = int(self.manifest["shard_size"])
+            for start in range(0, len(docs), size):
+                part = slice(start, start + size)
+                self._commit_shard(list(docs[part]), states[part], None if readout is None else readout[part])
         return len(docs)
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold the index's writer lock (``.write.lock``, waiting for another writer's commit)."""
+        if fcntl is None:
+            yield
+            return
+        with open(self.path / ".write.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _manifest_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.path / MANIFEST).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Take in the shards another process (a server, `clara index add`) committed since this
+        index was read; True if there were any. One ``stat`` when nothing changed. Writers call
+        it under the lock, so a commit here neither reuses their shard names nor drops them."""
+        stamp = self._manifest_stamp()
+        if stamp == self._stamp:
+            return False
+        on_disk = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        if len(on_disk["shards"]) == len(self.shards):
+            self._stamp = stamp
+            return False
+        log.info("%s: %d documents committed by another process", self.path, int(on_disk["count"]) - self.count)
+        self.__init__(self.path, on_disk)  # type: ignore[misc]
+        return True
 
     def _commit_shard(self, docs: list[Document], states: np.ndarray, readout: np.ndarray | None) -> None:
         name = f"{len(self.shards):05d}"
@@ -391,6 +436,7 @@ class MemoryIndex:
         manifest["count"] = self.count + len(docs)
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
+        self._stamp = self._manifest_stamp()
         self.manifest = manifest
         self.shards.append(shard)
         for row, d in enumerate(docs, start=shard.first_row):
