@@ -1,5 +1,5 @@
 """``python -m clara`` (and ``accelerate launch -m clara``) runs the CLI."""
 
-from .cli import app
+from .cli import run
 
-app()
+run()

@@ -7,9 +7,7 @@ file holds only what a checkpoint needs to be rebuilt exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .score import SCORES
@@ -151,5 +149,3 @@ class ClaraConfig:
             raise ValueError(f"unknown ClaraConfig fields: {', '.join(unknown)}")
         return cls(**data)
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

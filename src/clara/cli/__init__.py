@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -30,3 +31,22 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 for _module in (train, synth, index, ask_serve, eval, convert_inspect):
     _module.register(app)
+
+
+def run() -> None:
+    """The ``clara`` console script: ``app`` with user errors (a malformed file, a wrong checkpoint
+    folder, a bad value) printed as one line and exit code 2 instead of a traceback; ``-v`` keeps
+    the traceback."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..checkpoint import CheckpointError
+    from ..io import DataError
+
+    try:
+        app()
+    except (CheckpointError, DataError, FileNotFoundError, ValueError) as e:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))} [dim](clara -v ... shows the traceback)[/dim]")
+        sys.exit(2)

@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         from ..demo import demo_questions
         from ..rag import ClaraRAG
 
+        if question is None and index_dir is not None and not demo:
+            # the demo questions are about the demo corpus: asked of another index they mean nothing
+            fail(f"give a QUESTION to ask of {index_dir} (--demo answers the demo questions over the demo corpus)")
         clara, model_path = load_model(model, device, index_dir)
         index = open_index(clara, model_path, None if demo else index_dir)
         rag = ClaraRAG(clara, index, k=k, max_new_tokens=max_new_tokens, premerge=premerge)
@@ -130,6 +133,9 @@ def register(app: typer.Typer) -> None:
             )
         except (DataError, ValueError) as e:
             fail(e)
-        app_ = create_app(rag, ServerConfig(max_batch=max_batch))
+        # the defaults given here must be allowed to the requests that rely on them
+        limits = ServerConfig(max_batch=max_batch)
+        limits.max_k, limits.max_new_tokens = max(limits.max_k, k), max(limits.max_new_tokens, max_new_tokens)
+        app_ = create_app(rag, limits)
         console.print(f"serving {len(index)} documents from {index.path} on http://{host}:{port} (docs: /docs)")
         uvicorn.run(app_, host=host, port=port, log_level="info")

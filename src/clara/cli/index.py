@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -41,8 +42,7 @@ def load_model(path: Optional[str], device: str = "auto", index_dir: Optional[Pa
     try:
         model = ClaraModel.from_pretrained(path, device=device)
     except CheckpointError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        fail(e)
     model.eval()
     return model, str(Path(path).resolve()) if path else None
 
@@ -61,8 +61,8 @@ def open_with_model(index_dir: Path, model: Optional[str], device: str) -> tuple
     return index, clara
 
 
-def fail(message: object) -> None:
-    console.print(f"[red]error:[/red] {message}")
+def fail(message: object) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(str(message))}")  # escaped: a path or id may hold [brackets]
     raise typer.Exit(2)
 
 
@@ -95,6 +95,7 @@ def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap:
     console.print(
         f"added {report.added} documents ({report.docs_per_second:.1f} docs/s), skipped {report.skipped} "
         f"already present; index {index.path} holds {report.total}"
+        + (f" [yellow]({report.truncated} added documents cut to doc_max_len tokens)[/yellow]" if report.truncated else "")
     )
 
 
@@ -179,7 +180,7 @@ def stats(
 def search(
     index_dir: Path = typer.Argument(..., help="Index folder."),
     query: str = typer.Argument(..., help="Question or query text."),
-    k: int = typer.Option(5, "-k", help="Documents to return."),
+    k: int = typer.Option(5, "-k", min=1, help="Documents to return."),
     ann: bool = typer.Option(False, "--ann", help="Use the approximate (FAISS) path."),
     nprobe: int = typer.Option(DEFAULT_NPROBE, "--nprobe", min=1, help="IVF cells visited by --ann (more: better recall, slower)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),

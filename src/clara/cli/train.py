@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train one CLaRa stage (resumes from output_dir/checkpoint when present).
 
-        Several processes: `accelerate launch -m clara.cli train ...` with an accelerate,
+        Several processes: `accelerate launch -m clara train ...` with an accelerate,
         DeepSpeed or FSDP config (see configs/).
         """
         from ..train import TrainConfig
