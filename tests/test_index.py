@@ -117,6 +117,17 @@ def test_uncommitted_shard_is_invisible_and_overwritten(model, docs, tmp_path):
     assert again.ids == [d.id for d in docs[:20]] and again.verify() == []
 
 
+def test_documents_are_read_from_disk_by_offset_and_damage_is_named(model, docs, tmp_path):
+    index = open_or_create(model, tmp_path / "idx", shard_size=4)
+    add_documents(model, index, docs[:10], progress=False)
+    reopened = MemoryIndex.open(tmp_path / "idx")
+    assert [reopened.document(r) for r in range(10)] == [index.document(r) for r in range(10)]
+    assert [reopened.document(r).id for r in range(10)] == [d.id for d in docs[:10]]
+    (tmp_path / "idx" / "shards" / "00001.docs.jsonl").write_text('{"id": "x", "text": "y"}\n{not json\n')
+    with pytest.raises(MemoryIndexError, match=r"00001.docs.jsonl:2: not a document record"):
+        MemoryIndex.open(tmp_path / "idx")
+
+
 def test_build_report_counts_documents_cut_to_doc_max_len(model, tmp_path, caplog):
     index = open_or_create(model, tmp_path / "idx")
     long_doc = Document(id="long", text=" ".join(f"word{i}" for i in range(4 * model.config.doc_max_len)))

@@ -34,7 +34,7 @@ import torch
 from safetensors.numpy import save_file
 
 from ..data.corpus import Document
-from ..io import DataError, atomic_write_json, read_jsonl
+from ..io import DataError, atomic_write_json
 from .fingerprint import fingerprint_mismatch, model_fingerprint
 
 try:  # POSIX: writers from several processes (a server, `clara index add`) take turns
@@ -135,7 +135,9 @@ class MemoryIndex:
         self.path = path
         self.manifest = manifest
         self.shards = [Shard(**s) for s in manifest["shards"]]
-        self._docs_cache: dict[str, list[Document]] = {}
+        # per shard, the byte offset of each document's line: one document is one seek and one
+        # line parsed, and no document text stays in memory (an index may hold millions)
+        self._offsets: dict[str, list[int]] = {}
         self._arrays_cache: dict[str, dict[str, np.ndarray]] = {}
         self._ids: list[str] = []
         self._row_of: dict[str, int] = {}
@@ -257,20 +259,22 @@ class MemoryIndex:
         return self.path / "shards" / (f"{shard.name}.safetensors" if kind == "states" else f"{shard.name}.docs.jsonl")
 
     def _shard_ids(self, shard: Shard) -> list[str]:
-        return [d.id for d in self._shard_docs(shard.name)]
-
-    def _shard_docs(self, name: str) -> list[Document]:
-        if name in self._docs_cache:
-            return self._docs_cache[name]
-        file = self.path / "shards" / f"{name}.docs.jsonl"
+        """The shard's document ids in row order; records where each line starts."""
+        file = self.path / "shards" / f"{shard.name}.docs.jsonl"
         if not file.is_file():
-            raise MemoryIndexError(f"{self.path}: shard {name} listed in the manifest has no {file.name}")
-        docs = [
-            Document(id=o["id"], text=o["text"], title=o.get("title", ""), meta=o.get("meta", {}))
-            for _, o in read_jsonl(file)
-        ]
-        self._docs_cache[name] = docs
-        return docs
+            raise MemoryIndexError(f"{self.path}: shard {shard.name} listed in the manifest has no {file.name}")
+        ids, offsets, pos = [], [], 0
+        with open(file, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        ids.append(json.loads(line)["id"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise MemoryIndexError(f"{file}:{lineno}: not a document record (index damaged?)") from None
+                    offsets.append(pos)
+                pos += len(line)
+        self._offsets[shard.name] = offsets
+        return ids
 
     def _shard_arrays(self, name: str) -> dict[str, np.ndarray]:
         if name in self._arrays_cache:
@@ -297,7 +301,10 @@ class MemoryIndex:
 
     def document(self, row: int) -> Document:
         shard, i = self._locate(row)
-        return self._shard_docs(shard.name)[i]
+        with open(self.path / "shards" / f"{shard.name}.docs.jsonl", "rb") as f:
+            f.seek(self._offsets[shard.name][i])
+            o = json.loads(f.readline())
+        return Document(id=o["id"], text=o["text"], title=o.get("title", ""), meta=o.get("meta", {}))
 
     def _gather(self, rows: Sequence[int], name: str) -> torch.Tensor:
         """Rows of one per-document tensor of the shards as float32 (len(rows), n_mem, H)."""
@@ -439,6 +446,7 @@ class MemoryIndex:
         self._stamp = self._manifest_stamp()
         self.manifest = manifest
         self.shards.append(shard)
+        self._shard_ids(shard)  # where its lines start
         for row, d in enumerate(docs, start=shard.first_row):
             self._row_of[d.id] = row
             self._ids.append(d.id)
