@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -13,14 +14,19 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line (or field)."""
 
 
+def open_text(path: Path):
+    """A text file for reading, gzip-compressed when its name ends in ``.gz``."""
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
 def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object) for each non-blank line; malformed lines raise DataError.
+    """Yield (line_number, object) for each non-blank line (gzip or not); malformed lines raise DataError.
 
     With ``torn_tail_ok`` an unterminated, unparsable last line (a write cut by a kill) is
     skipped instead: resumable jobs read their own output this way.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:  # streamed: a corpus may be larger than memory
+    with open_text(path) as f:  # streamed: a corpus may be larger than memory
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

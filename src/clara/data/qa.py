@@ -22,7 +22,6 @@ item (JSON lists).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import random
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..io import DataError, require
+from ..io import DataError, open_text, read_jsonl, require
 from .corpus import Document
 
 log = logging.getLogger(__name__)
@@ -53,10 +52,6 @@ class QAExample:
 
 
 # ---------------------------------------------------------------------- reading records
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _is_jsonl(path: Path) -> bool:
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".jsonl"):
@@ -64,7 +59,7 @@ def _is_jsonl(path: Path) -> bool:
     if name.endswith(".json"):
         return False
     # unknown suffix: JSONL if the first non-blank line is a whole JSON value on its own
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for line in f:
             if line.strip():
                 try:
@@ -77,7 +72,7 @@ def _is_jsonl(path: Path) -> bool:
 
 def _load_json(path: Path) -> Any:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
@@ -89,17 +84,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if _is_jsonl(path):
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield f"{path}:{lineno}", obj
+        for lineno, obj in read_jsonl(path):
+            yield f"{path}:{lineno}", obj
         return
     data = _load_json(path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):  # SQuAD-style wrapper
