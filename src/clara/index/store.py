@@ -134,17 +134,15 @@ class MemoryIndex:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
-        self.shards = [Shard(**s) for s in manifest["shards"]]
+        self.shards: list[Shard] = []
         # per shard, the byte offset of each document's line: one document is one seek and one
         # line parsed, and no document text stays in memory (an index may hold millions)
         self._offsets: dict[str, list[int]] = {}
         self._arrays_cache: dict[str, dict[str, np.ndarray]] = {}
         self._ids: list[str] = []
         self._row_of: dict[str, int] = {}
-        for shard in self.shards:
-            for row, doc_id in enumerate(self._shard_ids(shard), start=shard.first_row):
-                self._row_of[doc_id] = row
-                self._ids.append(doc_id)
+        for s in manifest["shards"]:
+            self._take_in(Shard(**s))
         if len(self._ids) != self.count:
             raise MemoryIndexError(f"{path}: manifest counts {self.count} documents but the shards hold {len(self._ids)}")
         self._stamp = self._manifest_stamp()  # which manifest this object holds (refresh)
@@ -257,6 +255,13 @@ class MemoryIndex:
     # ------------------------------------------------------------------ reading
     def _shard_file(self, shard: Shard, kind: str) -> Path:
         return self.path / "shards" / (f"{shard.name}.safetensors" if kind == "states" else f"{shard.name}.docs.jsonl")
+
+    def _take_in(self, shard: Shard) -> None:
+        """Append a committed shard: its rows' ids and where its lines start."""
+        self.shards.append(shard)
+        for row, doc_id in enumerate(self._shard_ids(shard), start=shard.first_row):
+            self._row_of[doc_id] = row
+            self._ids.append(doc_id)
 
     def _shard_ids(self, shard: Shard) -> list[str]:
         """The shard's document ids in row order; records where each line starts."""
@@ -400,12 +405,17 @@ class MemoryIndex:
         if stamp == self._stamp:
             return False
         on_disk = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
-        if len(on_disk["shards"]) == len(self.shards):
-            self._stamp = stamp
-            return False
-        log.info("%s: %d documents committed by another process", self.path, int(on_disk["count"]) - self.count)
-        self.__init__(self.path, on_disk)  # type: ignore[misc]
-        return True
+        known = [Shard(**s) for s in on_disk["shards"][: len(self.shards)]]
+        if known != self.shards:  # not appended to but replaced (rebuilt): read it afresh
+            self.__init__(self.path, on_disk)  # type: ignore[misc]
+            return True
+        new = on_disk["shards"][len(self.shards) :]
+        if new:  # only the shards added since are read
+            log.info("%s: %d documents committed by another process", self.path, int(on_disk["count"]) - self.count)
+            for s in new:
+                self._take_in(Shard(**s))
+        self.manifest, self._stamp = on_disk, stamp
+        return bool(new)
 
     def _commit_shard(self, docs: list[Document], states: np.ndarray, readout: np.ndarray | None) -> None:
         name = f"{len(self.shards):05d}"
@@ -445,11 +455,7 @@ class MemoryIndex:
         atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
         self._stamp = self._manifest_stamp()
         self.manifest = manifest
-        self.shards.append(shard)
-        self._shard_ids(shard)  # where its lines start
-        for row, d in enumerate(docs, start=shard.first_row):
-            self._row_of[d.id] = row
-            self._ids.append(d.id)
+        self._take_in(shard)
 
     # ------------------------------------------------------------------ checks
     def verify(self) -> list[str]:
