@@ -161,6 +161,43 @@ def test_two_writers_take_turns_and_keep_each_others_documents(model, docs, tmp_
     assert docs[12].id in again and docs[12].id in [h.id for h in hits]
 
 
+def test_compact_merges_one_row_shards_keeping_rows_and_readers(backbones, docs, tmp_path):
+    torch.manual_seed(4)
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"], mem_readout="soft_tokens"))
+    index = open_or_create(model, tmp_path / "idx", shard_size=8, storage="int8", readout=True)
+    for d in docs[:11]:  # what a server fed one POST /v1/documents at a time leaves: 11 one-row shards
+        add_documents(model, index, [d], progress=False)
+    with torch.no_grad():
+        q = model.encode_query(["Who was Teutberga?", "Which country?"])
+    before_hits = exact_search(index, q, 5)
+    before_states, before_readout = index.states(list(range(11))), index.readout(list(range(11)))
+    reader = MemoryIndex.open(tmp_path / "idx")  # another process that read the index before
+    reader.states([0])  # and has shard 00000 memory-mapped
+    (tmp_path / "idx" / "shards" / "00011.safetensors").write_bytes(b"cut by a killed writer")
+    assert MemoryIndex.open(tmp_path / "idx").compact() == 11 - 2  # 8 + 3 rows
+    compacted = MemoryIndex.open(tmp_path / "idx")
+    assert [s.count for s in compacted.shards] == [8, 3] and compacted.verify() == []
+    assert compacted.ids == [d.id for d in docs[:11]] and compacted.document(9).text == docs[9].text
+    assert torch.equal(compacted.states(list(range(11))), before_states)  # int8 codes and scales as stored
+    assert torch.equal(compacted.readout(list(range(11))), before_readout)
+    scores, rows = exact_search(compacted, q, 5)  # other blocks: the same ranking, scores to rounding
+    assert torch.equal(rows, before_hits[1]) and torch.allclose(scores, before_hits[0], atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "idx" / "shards").iterdir()) == [
+        "00011.docs.jsonl", "00011.safetensors", "00012.docs.jsonl", "00012.safetensors"
+    ]  # merged-away and orphaned files deleted, new names never reuse a listed one
+    # the stale reader finds its shards gone and takes in the compacted manifest: same rows
+    assert reader.document(9).id == docs[9].id and torch.equal(reader.states(list(range(11))), before_states)
+    assert [s.name for s in reader.shards] == ["00011", "00012"]
+    add_documents(model, reader, docs[11:13], progress=False)  # a later commit names shard 00013
+    assert [s.name for s in MemoryIndex.open(tmp_path / "idx").shards] == ["00011", "00012", "00013"]
+    r = CliRunner().invoke(app, ["index", "compact", str(tmp_path / "idx"), "--shard-size", "100"])
+    assert r.exit_code == 0 and "3 shards -> 1 (13 documents)" in " ".join(r.output.split()), r.output
+    assert MemoryIndex.open(tmp_path / "idx").ids == [d.id for d in docs[:13]]
+    assert MemoryIndex.open(tmp_path / "idx").compact() == 0  # nothing left to merge
+    with pytest.raises(ValueError, match="shard_size"):
+        index.compact(shard_size=0)
+
+
 def test_index_refuses_another_model(model, backbones, docs, tmp_path):
     index = open_or_create(model, tmp_path / "idx")
     add_documents(model, index, docs[:4], progress=False)

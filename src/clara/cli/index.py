@@ -176,6 +176,26 @@ def stats(
         raise typer.Exit(1)
 
 
+@index_app.command("compact")
+def compact(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    shard_size: Optional[int] = typer.Option(
+        None, "--shard-size", min=1, help="Rows per merged shard (default: the index's own shard size)."
+    ),
+) -> None:
+    """Merge the small shards that one-at-a-time adds leave (POST /v1/documents); rows keep their numbers."""
+    from ..index import MemoryIndex
+    from ..io import DataError
+
+    try:
+        index = MemoryIndex.open(index_dir)
+        before = len(index.shards)
+        removed = index.compact(shard_size)
+    except DataError as e:
+        fail(e)
+    console.print(f"{index.path}: {before} shards -> {before - removed} ({len(index)} documents)")
+
+
 @index_app.command("search")
 def search(
     index_dir: Path = typer.Argument(..., help="Index folder."),

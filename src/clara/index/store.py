@@ -286,7 +286,7 @@ class MemoryIndex:
             return self._arrays_cache[name]
         file = self.path / "shards" / f"{name}.safetensors"
         if not file.is_file():
-            raise MemoryIndexError(f"{self.path}: shard {name} listed in the manifest has no {file.name}")
+            raise FileNotFoundError(file)  # callers recover (_recover) if a compaction replaced it
         arrays = _safetensors_memmap(file)  # memmaps: pages load on demand, the OS may drop them
         self._arrays_cache[name] = arrays
         return arrays
@@ -306,17 +306,33 @@ class MemoryIndex:
 
     def document(self, row: int) -> Document:
         shard, i = self._locate(row)
-        with open(self.path / "shards" / f"{shard.name}.docs.jsonl", "rb") as f:
-            f.seek(self._offsets[shard.name][i])
-            o = json.loads(f.readline())
+        try:
+            with open(self._shard_file(shard, "docs"), "rb") as f:
+                f.seek(self._offsets[shard.name][i])
+                o = json.loads(f.readline())
+        except FileNotFoundError:
+            self._recover(shard)
+            return self.document(row)
         return Document(id=o["id"], text=o["text"], title=o.get("title", ""), meta=o.get("meta", {}))
+
+    def _recover(self, shard: Shard) -> None:
+        """A listed shard's file is gone: another process compacted the index after this one read
+        it. Compaction keeps every row's number, so taking in the new manifest is enough."""
+        if not self.refresh():
+            raise MemoryIndexError(
+                f"{self.path}: shard {shard.name} listed in the manifest is missing (index damaged?)"
+            )
 
     def _gather(self, rows: Sequence[int], name: str) -> torch.Tensor:
         """Rows of one per-document tensor of the shards as float32 (len(rows), n_mem, H)."""
         out = torch.empty(len(rows), self.n_mem, self.hidden_size)
         for j, row in enumerate(rows):
             shard, i = self._locate(int(row))
-            arrays = self._shard_arrays(shard.name)
+            try:
+                arrays = self._shard_arrays(shard.name)
+            except FileNotFoundError:
+                self._recover(shard)
+                return self._gather(rows, name)
             value = np.asarray(arrays[name][i], dtype=np.float32)
             if name == "states" and "scale" in arrays:
                 value = value * arrays["scale"][i]
@@ -338,12 +354,19 @@ class MemoryIndex:
 
         Blocks never cross a shard, and hold at most ``block_rows`` rows: search memory is bounded.
         """
-        for shard in self.shards:
-            arrays = self._shard_arrays(shard.name)
+        row, end = 0, self.count  # rows committed later are not part of this pass
+        while row < end:
+            shard, i = self._locate(row)
+            try:
+                arrays = self._shard_arrays(shard.name)
+            except FileNotFoundError:
+                self._recover(shard)  # compacted meanwhile: same rows, other shards
+                continue
             flat = arrays["states"].reshape(shard.count, -1)
-            for start in range(0, shard.count, block_rows):
+            for start in range(i, shard.count, block_rows):
                 stop = min(start + block_rows, shard.count)
                 yield shard.first_row + start, flat[start:stop], arrays["inv_norm"][start:stop]
+            row = shard.first_row + shard.count
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -417,8 +440,11 @@ class MemoryIndex:
         self.manifest, self._stamp = on_disk, stamp
         return bool(new)
 
+    def _next_shard_name(self) -> str:
+        # not len(shards): after a compaction the listed names have gaps
+        return f"{max((int(s.name) for s in self.shards), default=-1) + 1:05d}"
+
     def _commit_shard(self, docs: list[Document], states: np.ndarray, readout: np.ndarray | None) -> None:
-        name = f"{len(self.shards):05d}"
         if self.storage == "int8":
             codes, scale = quantize_int8(states)
             tensors = {"states": codes, "scale": scale}
@@ -431,31 +457,93 @@ class MemoryIndex:
         tensors["inv_norm"] = (1.0 / np.maximum(norm, 1e-12)).astype(np.float32)
         if readout is not None:
             tensors["readout"] = readout.astype(np.float16)
+        records = ({"id": d.id, "title": d.title, "text": d.text, "meta": d.meta} for d in docs)
+        lines = [json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records]
+        shard = self._write_shard(self._next_shard_name(), self.count, tensors, lines)
+        self._write_manifest([*self.manifest["shards"], shard.__dict__], self.count + len(docs))  # the commit point
+        self._take_in(shard)
+
+    def _write_shard(self, name: str, first_row: int, tensors: dict[str, np.ndarray], lines: Sequence[bytes]) -> Shard:
+        """Write a shard's two files (atomically, not yet listed anywhere) and describe it."""
         folder = self.path / "shards"
         docs_file, states_file = folder / f"{name}.docs.jsonl", folder / f"{name}.safetensors"
 
         def write_docs(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for d in docs:
-                    row = {"id": d.id, "title": d.title, "text": d.text, "meta": d.meta}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            with open(tmp, "wb") as f:
+                f.writelines(lines)
 
         _write_atomic_bytes(docs_file, write_docs)
         _write_atomic_bytes(states_file, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-        shard = Shard(
+        return Shard(
             name=name,
-            count=len(docs),
-            first_row=self.count,
+            count=len(lines),
+            first_row=first_row,
             sha256={docs_file.name: _sha256(docs_file), states_file.name: _sha256(states_file)},
         )
+
+    def _write_manifest(self, shards: list[dict[str, Any]], count: int) -> None:
         manifest = dict(self.manifest)
-        manifest["shards"] = [*self.manifest["shards"], shard.__dict__]
-        manifest["count"] = self.count + len(docs)
+        manifest["shards"] = shards
+        manifest["count"] = count
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
+        atomic_write_json(self.path / MANIFEST, manifest)
         self._stamp = self._manifest_stamp()
         self.manifest = manifest
-        self._take_in(shard)
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, shard_size: int | None = None) -> int:
+        """Merge runs of consecutive shards into shards of at most ``shard_size`` rows (default:
+        the index's); returns how many shards fewer the index has.
+
+        Every ``add`` commits at least one shard, so an index fed one document at a time (the
+        server's POST /v1/documents) ends up with thousands of one-row files. Merging keeps each
+        row's number and order, so search results and an approximate index stay valid, and
+        another process reading the old shards takes in the new manifest when it finds them gone.
+        Crash-safe like ``add``: merged shards are written under new names, listed by one manifest
+        write, and only then are the old files (and any a killed writer left) deleted.
+        """
+        size = int(self.manifest["shard_size"]) if shard_size is None else shard_size
+        if size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {size}")
+        with self._write_lock():
+            self.refresh()
+            groups: list[list[Shard]] = []
+            for shard in self.shards:  # greedy runs of consecutive shards that fit in `size` rows
+                if groups and sum(s.count for s in groups[-1]) + shard.count <= size:
+                    groups[-1].append(shard)
+                else:
+                    groups.append([shard])
+            before = len(self.shards)
+            if len(groups) < before:
+                next_name = int(self._next_shard_name())
+                listed: list[dict[str, Any]] = []
+                for group in groups:
+                    if len(group) == 1:
+                        listed.append(group[0].__dict__)
+                        continue
+                    parts = [self._shard_arrays(s.name) for s in group]
+                    tensors = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+                    lines = [
+                        line
+                        for s in group
+                        for line in self._shard_file(s, "docs").read_bytes().splitlines(keepends=True)
+                        if line.strip()
+                    ]
+                    merged = self._write_shard(f"{next_name:05d}", group[0].first_row, tensors, lines)
+                    next_name += 1
+                    listed.append(merged.__dict__)
+                self._write_manifest(listed, self.count)  # the commit point
+                self.__init__(self.path, self.manifest)  # type: ignore[misc]
+            self._remove_unlisted()
+        return before - len(self.shards)
+
+    def _remove_unlisted(self) -> None:
+        """Delete shard files the manifest does not list (merged away, or cut by a killed writer).
+        Only under the writer lock: no commit is then half-way."""
+        listed = {name for s in self.shards for name in s.sha256}
+        for file in (self.path / "shards").iterdir():
+            if file.is_file() and file.name not in listed:
+                file.unlink()
 
     # ------------------------------------------------------------------ checks
     def verify(self) -> list[str]:
