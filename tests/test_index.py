@@ -317,6 +317,35 @@ def test_folder_corpus_chunk_ids_trace_to_file_and_offset(model, tmp_path):
             assert text[offset:].startswith(index.document(index.row_of(doc_id)).text.split()[0])
 
 
+def test_long_jsonl_records_are_chunked_with_chunk_and_short_ones_keep_their_id(model, tmp_path):
+    text = " ".join(f"word{i}" for i in range(200))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        json.dumps({"id": "long", "title": "Long page", "text": text, "source": "wiki"}) + "\n"
+        + json.dumps({"id": "short", "title": "Paris", "text": "Paris is in France."}) + "\n"
+    )
+    from clara.cli.index import corpus_documents
+
+    whole, total = corpus_documents(model, corpus, overlap=4)
+    assert [d.id for d in whole] == ["long", "short"] and total == 2  # off by default: ids as written
+    pieces = list(corpus_documents(model, corpus, overlap=4, chunk=True)[0])
+    assert pieces[-1].id == "short" and len(pieces) > 3
+    for d in pieces[:-1]:
+        offset = int(d.id.removeprefix("long#"))
+        assert text[offset:].startswith(d.text.split()[0])
+        assert d.title == "Long page" and d.meta == {"source": "wiki", "parent": "long", "offset": offset}
+        n = len(model.tokenizer(d.full_text(), add_special_tokens=False)["input_ids"])
+        assert n <= model.config.doc_max_len  # whole, title included: nothing truncated
+    index = open_or_create(model, tmp_path / "idx")
+    assert add_documents(model, index, pieces, progress=False).truncated == 0
+    checkpoint = tmp_path / "ckpt"
+    model.save_pretrained(checkpoint)
+    r = CliRunner().invoke(app, ["index", "build", str(corpus), "--out", str(tmp_path / "cli"), "-m", str(checkpoint),
+                                 "--device", "cpu", "--chunk", "--chunk-overlap", "4"])
+    assert r.exit_code == 0, r.output
+    assert MemoryIndex.open(tmp_path / "cli").ids == [d.id for d in pieces]
+
+
 def test_cli_build_killed_midway_then_resumed(checkpoint, tmp_path):
     """kill -9 a real `clara index build`, rerun it: every document once, none missing."""
     docs = []

@@ -66,8 +66,11 @@ def fail(message: object) -> NoReturn:
     raise typer.Exit(2)
 
 
-def corpus_documents(model: "ClaraModel", corpus: Path, overlap: int) -> tuple[Iterator["Document"], Optional[int]]:
-    """Documents of a corpus file/folder (folders chunked to doc_max_len tokens) and their count if cheap."""
+def corpus_documents(
+    model: "ClaraModel", corpus: Path, overlap: int, chunk: bool = False
+) -> tuple[Iterator["Document"], Optional[int]]:
+    """Documents of a corpus file/folder (folders, and with ``chunk`` long records, cut to
+    doc_max_len tokens) and their count if cheap."""
     from ..data.corpus import read_corpus
 
     tok = model.tokenizer
@@ -75,19 +78,21 @@ def corpus_documents(model: "ClaraModel", corpus: Path, overlap: int) -> tuple[I
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    docs = read_corpus(corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap, count_tokens=count)
+    docs = read_corpus(
+        corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap, count_tokens=count, chunk_records=chunk
+    )
     total = None
-    if corpus.is_file() and corpus.suffix == ".jsonl":
+    if corpus.is_file() and corpus.suffix == ".jsonl" and not chunk:
         with open(corpus, encoding="utf-8") as f:
             total = sum(1 for line in f if line.strip())
     return docs, total
 
 
-def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap: int) -> None:
+def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap: int, chunk: bool) -> None:
     from ..index import add_documents
     from ..io import DataError
 
-    docs, total = corpus_documents(model, corpus, overlap)
+    docs, total = corpus_documents(model, corpus, overlap, chunk)
     try:
         report = add_documents(model, index, docs, batch_size=batch_size, progress=True, total=total)
     except DataError as e:
@@ -95,7 +100,8 @@ def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap:
     console.print(
         f"added {report.added} documents ({report.docs_per_second:.1f} docs/s), skipped {report.skipped} "
         f"already present; index {index.path} holds {report.total}"
-        + (f" [yellow]({report.truncated} added documents cut to doc_max_len tokens)[/yellow]" if report.truncated else "")
+        + (f" [yellow]({report.truncated} added documents cut to doc_max_len tokens; --chunk splits them)[/yellow]"
+           if report.truncated else "")
     )
 
 
@@ -108,7 +114,10 @@ def build(
     shard_size: int = typer.Option(4096, "--shard-size", help="Documents per committed shard."),
     int8: bool = typer.Option(False, "--int8", help="Store states as per-document int8 (half of fp16)."),
     ann: bool = typer.Option(False, "--ann", help="Also build the approximate (FAISS) search index."),
-    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks cut from .txt/.md files."),
+    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks (folders; records with --chunk)."),
+    chunk: bool = typer.Option(
+        False, "--chunk", help="Cut JSONL/JSON records longer than doc_max_len into id#offset pieces."
+    ),
     readout: Optional[bool] = typer.Option(
         None, "--readout/--no-readout",
         help="Store the generator's input rows beside the states (2x bytes, faster answers); "
@@ -128,7 +137,7 @@ def build(
         )
     except DataError as e:
         fail(e)
-    _run_add(clara, index, corpus, batch_size, overlap)
+    _run_add(clara, index, corpus, batch_size, overlap, chunk)
     if ann:
         info = build_ann(index, AnnConfig(score=clara.config.retrieval_score))
         console.print(f"approximate index: {info}")
@@ -140,12 +149,15 @@ def add(
     corpus: Path = typer.Argument(..., help="Documents to add (same formats as build); known ids are skipped."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per compressor forward."),
-    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks cut from .txt/.md files."),
+    overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks (folders; records with --chunk)."),
+    chunk: bool = typer.Option(
+        False, "--chunk", help="Cut JSONL/JSON records longer than doc_max_len into id#offset pieces."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
     """Compress more documents into an existing index."""
     index, clara = open_with_model(index_dir, model, device)
-    _run_add(clara, index, corpus, batch_size, overlap)
+    _run_add(clara, index, corpus, batch_size, overlap, chunk)
 
 
 @index_app.command("stats")

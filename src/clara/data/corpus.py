@@ -92,6 +92,7 @@ def read_corpus(
     chunk_size: int = 256,
     chunk_overlap: int = 32,
     count_tokens: Callable[[str], int] | None = None,
+    chunk_records: bool = False,
 ) -> Iterator[Document]:
     """Read a corpus file or folder.
 
@@ -100,15 +101,41 @@ def read_corpus(
     - a folder: every ``.txt``/``.md`` file below it, chunked to ``chunk_size`` tokens with
       ``chunk_overlap`` overlap; chunk ids are ``<relative path>#<char offset>``.
 
+    With ``chunk_records``, a JSONL/JSON record longer than ``chunk_size`` tokens (title
+    included) is cut the same way into ``<id>#<char offset>`` pieces that keep its title and
+    meta (plus ``parent`` and ``offset``); records that fit keep their id.
     Records without an id get ``<file stem>:<line or position>``. Duplicate ids are an error.
     """
     path = Path(path)
     seen: set[str] = set()
-    for doc in _read(path, chunk_size, chunk_overlap, count_tokens):
+    docs = _read(path, chunk_size, chunk_overlap, count_tokens)
+    if chunk_records and not path.is_dir():
+        docs = (piece for doc in docs for piece in chunk_document(doc, chunk_size, chunk_overlap, count_tokens))
+    for doc in docs:
         if doc.id in seen:
             raise DataError(f"{path}: duplicate document id {doc.id!r}")
         seen.add(doc.id)
         yield doc
+
+
+def _title_budget(title: str, size: int, overlap: int, count: Callable[[str], int] | None) -> int:
+    """Tokens left for text once the compressor has read the title ("title\ntext", Document.full_text)."""
+    return max(overlap + 1, size - (count(f"{title}\n") if count else 1))
+
+
+def chunk_document(
+    doc: Document, size: int, overlap: int, count: Callable[[str], int] | None = None
+) -> list[Document]:
+    """``doc`` itself if its full text fits in ``size`` tokens, else its text cut into overlapping pieces."""
+    if (count(doc.full_text()) if count else len(doc.full_text().split())) <= size:
+        return [doc]
+    budget = _title_budget(doc.title, size, overlap, count) if doc.title else size
+    return [
+        Document(
+            id=f"{doc.id}#{offset}", text=piece, title=doc.title, meta={**doc.meta, "parent": doc.id, "offset": offset}
+        )
+        for offset, piece in chunk_words(doc.text, budget, overlap, count)
+    ]
 
 
 def _read(path: Path, chunk_size: int, overlap: int, count: Callable[[str], int] | None) -> Iterator[Document]:
@@ -119,8 +146,7 @@ def _read(path: Path, chunk_size: int, overlap: int, count: Callable[[str], int]
         for f in files:
             rel = f.relative_to(path).as_posix()
             text = f.read_text(encoding="utf-8", errors="replace")
-            # the compressor reads "title\ntext" (Document.full_text): the title's tokens come off the budget
-            budget = max(overlap + 1, chunk_size - (count(f"{f.stem}\n") if count else 1))
+            budget = _title_budget(f.stem, chunk_size, overlap, count)
             for offset, piece in chunk_words(text, budget, overlap, count):
                 yield Document(id=f"{rel}#{offset}", text=piece, title=f.stem, meta={"file": rel, "offset": offset})
         return

@@ -150,7 +150,7 @@ def add_documents(
     if skipped:
         log.info("skipped %d documents already in the index", skipped)
     if truncated:
-        log.warning("%d of %d documents added were longer than doc_max_len (%d tokens) and were cut to it; "
-                    "split long documents before indexing (a folder corpus is chunked)", truncated, added,
-                    model.config.doc_max_len)
+        log.warning("%d of %d documents added were longer than doc_max_len (%d tokens) and were cut to it; split "
+                    "long documents before indexing (`clara index build/add --chunk`; a folder corpus is chunked)",
+                    truncated, added, model.config.doc_max_len)
     return BuildReport(added=added, skipped=skipped, total=len(index), seconds=seconds, truncated=truncated)
