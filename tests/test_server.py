@@ -162,6 +162,18 @@ def test_added_documents_searchable_and_survive_restart(setup):
     assert r.json() == {"added": 1, "total": n + 1, "truncated": 0}
     r = httpx.post(server.url + "/v1/documents", json={"documents": [doc]}, timeout=60)
     assert r.status_code == 409 and "zorb-1" in r.json()["detail"]
+    # a long document: kept whole (its start in memory, counted) or, with chunk, cut into pieces
+    long_doc = {"id": "long-1", "text": " ".join(f"word{i}" for i in range(200))}
+    url = server.url + "/v1/documents"
+    r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 99}, timeout=60)
+    assert r.status_code == 422 and "chunk_overlap" in r.json()["detail"]
+    r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 4}, timeout=60)
+    assert r.status_code == 200 and r.json()["added"] > 3 and r.json()["truncated"] == 0, r.text
+    r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 4}, timeout=60)
+    assert r.status_code == 409 and "long-1#0" in r.json()["detail"]
+    r = httpx.post(url, json={"documents": [long_doc]}, timeout=60)
+    assert r.status_code == 200 and r.json()["added"] == 1 and r.json()["truncated"] == 1
+    n = r.json()["total"] - 1  # the restart below must find n + 1 documents
 
     def ranked_ids(url: str) -> list[str]:
         r = httpx.post(url + "/v1/retrieve", json={"query": "Where is Zorbland?", "k": 20}, timeout=60)

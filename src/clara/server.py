@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from . import tokens
-from .data.corpus import Document
+from .data.corpus import Document, chunk_document
 from .rag import Answer, ClaraRAG
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class DocumentIn(BaseModel):
 
 class DocumentsRequest(BaseModel):
     documents: list[DocumentIn] = Field(..., min_length=1)
+    chunk: bool = Field(False, description="Cut documents longer than doc_max_len tokens into id#offset pieces.")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens two consecutive pieces share (with chunk).")
 
 
 class DocumentsResponse(BaseModel):
@@ -284,6 +286,15 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
         if dup:
             raise HTTPException(409, f"document ids already present or repeated: {dup[:10]}")
         docs = [Document(id=d.id, text=d.text.strip(), title=d.title.strip(), meta=d.meta) for d in body.documents]
+        if body.chunk:
+            size = rag.model.config.doc_max_len
+            if body.chunk_overlap >= size:
+                raise HTTPException(422, f"chunk_overlap={body.chunk_overlap} must be below doc_max_len ({size})")
+            count = tokens.document_length(rag.model.tokenizer)
+            docs = [p for d in docs for p in chunk_document(d, size, body.chunk_overlap, count)]
+            dup = sorted({d.id for d in docs if d.id in rag.index})
+            if dup:
+                raise HTTPException(409, f"document ids already present: {dup[:10]}")
         report = await asyncio.get_running_loop().run_in_executor(executor, rag.add_documents, docs)
         return DocumentsResponse(added=report.added, total=report.total, truncated=report.truncated)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from transformers import PreTrainedTokenizerBase
 
@@ -116,6 +117,11 @@ def compressor_ids(
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     truncated = sum(len(b) > max_len for b in bodies)
     return [head + b[:max_len] + tail + list(special.mem) for b in bodies], truncated
+
+
+def document_length(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
+    """Counts a text's tokens as :func:`compressor_ids` does against doc_max_len (chunking sizes pieces by it)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def placeholders(n_docs: int, n_mem: int, per_slot: int = 1) -> str:

@@ -72,14 +72,11 @@ def corpus_documents(
     """Documents of a corpus file/folder (folders, and with ``chunk`` long records, cut to
     doc_max_len tokens) and their count if cheap."""
     from ..data.corpus import read_corpus
-
-    tok = model.tokenizer
-
-    def count(text: str) -> int:
-        return len(tok(text, add_special_tokens=False)["input_ids"])
+    from ..tokens import document_length
 
     docs = read_corpus(
-        corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap, count_tokens=count, chunk_records=chunk
+        corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap,
+        count_tokens=document_length(model.tokenizer), chunk_records=chunk,
     )
     total = None
     if corpus.is_file() and corpus.suffix == ".jsonl" and not chunk:
