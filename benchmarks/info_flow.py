@@ -16,6 +16,12 @@ stage 1 used seed 0): the only SCP documents those checkpoints never saw.
 current SCP file names them, for ``exclude_ids`` of a run that continues such a checkpoint and
 must not train on the rows it will be measured on.
 
+``--qa FILE`` measures instead the gold passages of the dev-split questions of a QA file (HotpotQA,
+2Wiki, NQ-open: the first gold document of each, with its question and first answer): text that
+no stage of any lineage here trained on (build_train_data.py drops every dev-split title from the
+reconstruction passages, and stages 2-3 never read a dev question), where the SCP dev documents
+were seen by the pre-session-10 ratio-16 stage 1 that every later lineage starts from.
+
 ``--span-gap`` measures instead how far each compressor's memory is from the bag-of-words
 oracle on the same documents (``clara.train.bow.span_gap``: the span-mean loss, against the
 document's own span means and another's, their cosine, the anchoring loss).
@@ -52,6 +58,22 @@ def carved_rows(scp: Path, recon: Path, dev: set[str], seed: int, n: int) -> lis
         return scp_data(cfg, dev)[1]
 
 
+def qa_rows(path: Path, dev: set[str], n: int) -> list[ScpRow]:
+    """The first ``n`` dev-split questions of a QA file as rows: gold passage, question, answer."""
+    from clara.data.qa import load_qa
+
+    rows = []
+    for ex in load_qa(path):
+        if ex.id not in dev or not ex.gold_ids:
+            continue
+        gold = next(d for d in ex.docs if d.id == ex.gold_ids[0])
+        rows.append(ScpRow(doc=gold.full_text(), data_type="qa", questions=[ex.question], answers=ex.answers[:1],
+                           doc_id=f"{ex.id}/{gold.id}"))
+        if len(rows) == n:
+            break
+    return rows
+
+
 def write_exclusions(splits: Path, scp: Path, carved: list[ScpRow], out: Path) -> None:
     """The dev split plus ``carved`` rows, renamed from the old copy's ids ("scp:LINE") to ``scp``'s."""
     data = json.loads(splits.read_text())
@@ -69,6 +91,7 @@ def main() -> None:
     ap.add_argument("--splits", type=Path, default=ROOT / "splits" / "dev.json")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--qa", type=Path, default=None, help="measure the gold passages of this QA file's dev-split questions")
     ap.add_argument("--span-gap", action="store_true", help="measure the distance to the bag-of-words oracle instead")
     ap.add_argument("--carved-seed", type=int, default=None, help="measure the rows a pre-session-10 stage-1 run with this seed held out")
     ap.add_argument("--recon", type=Path, default=ROOT / "train_data" / "recon.jsonl", help="stage 1's reconstruction rows (for --carved-seed)")
@@ -81,7 +104,9 @@ def main() -> None:
     dev = load_exclusions(args.splits)
     if args.exclude_out and args.carved_seed is None:
         ap.error("--exclude-out needs --carved-seed")
-    if args.carved_seed is None:
+    if args.qa is not None:
+        rows = qa_rows(args.qa, dev, args.rows)
+    elif args.carved_seed is None:
         rows = [r for r in read_scp(args.scp) if r.doc_id in dev][: args.rows]
     else:
         rows = carved_rows(args.scp, args.recon, dev, args.carved_seed, args.rows)
