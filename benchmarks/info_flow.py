@@ -66,7 +66,9 @@ def qa_rows(path: Path, dev: set[str], n: int) -> list[ScpRow]:
     for ex in load_qa(path):
         if ex.id not in dev or not ex.gold_ids:
             continue
-        gold = next(d for d in ex.docs if d.id == ex.gold_ids[0])
+        gold = next((d for d in ex.docs if d.id == ex.gold_ids[0]), None)
+        if gold is None:
+            continue
         rows.append(ScpRow(doc=gold.full_text(), data_type="qa", questions=[ex.question], answers=ex.answers[:1],
                            doc_id=f"{ex.id}/{gold.id}"))
         if len(rows) == n:
@@ -102,6 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = load_exclusions(args.splits)
+    if args.qa is not None and args.carved_seed is not None:
+        ap.error("--qa and --carved-seed choose different documents: give one")
     if args.exclude_out and args.carved_seed is None:
         ap.error("--exclude-out needs --carved-seed")
     if args.qa is not None:

@@ -30,6 +30,7 @@ from clara.index import (
     recall_at_k,
 )
 from clara.index.search import rescore
+from clara.io import DataError
 from clara.index.store import STORAGE_DTYPES
 from clara.score import SCORES, score
 
@@ -173,7 +174,7 @@ def test_compact_merges_one_row_shards_keeping_rows_and_readers(backbones, docs,
     before_states, before_readout = index.states(list(range(11))), index.readout(list(range(11)))
     reader = MemoryIndex.open(tmp_path / "idx")  # another process that read the index before
     reader.states([0])  # and has shard 00000 memory-mapped
-    (tmp_path / "idx" / "shards" / "00011.safetensors").write_bytes(b"cut by a killed writer")
+    (tmp_path / "idx" / "shards" / "00050.safetensors").write_bytes(b"cut by a killed writer")
     assert MemoryIndex.open(tmp_path / "idx").compact() == 11 - 2  # 8 + 3 rows
     compacted = MemoryIndex.open(tmp_path / "idx")
     assert [s.count for s in compacted.shards] == [8, 3] and compacted.verify() == []
@@ -185,14 +186,24 @@ def test_compact_merges_one_row_shards_keeping_rows_and_readers(backbones, docs,
     assert sorted(p.name for p in (tmp_path / "idx" / "shards").iterdir()) == [
         "00011.docs.jsonl", "00011.safetensors", "00012.docs.jsonl", "00012.safetensors"
     ]  # merged-away and orphaned files deleted, new names never reuse a listed one
-    # the stale reader finds its shards gone and takes in the compacted manifest: same rows
-    assert reader.document(9).id == docs[9].id and torch.equal(reader.states(list(range(11))), before_states)
-    assert [s.name for s in reader.shards] == ["00011", "00012"]
-    add_documents(model, reader, docs[11:13], progress=False)  # a later commit names shard 00013
-    assert [s.name for s in MemoryIndex.open(tmp_path / "idx").shards] == ["00011", "00012", "00013"]
+    # the stale reader finds its shards gone and takes in the compacted manifest: same rows, by
+    # every path (a search pass over the blocks, gathered states, a document)
+    scores, rows = exact_search(reader, q, 5)
+    assert torch.equal(rows, before_hits[1]) and [s.name for s in reader.shards] == ["00011", "00012"]
+    stale = [MemoryIndex.open(tmp_path / "idx") for _ in range(2)]  # nothing of theirs memory-mapped
+    add_documents(model, stale[0], docs[11:12], progress=False)  # shard 00013, then another compaction
+    MemoryIndex.open(tmp_path / "idx").compact(shard_size=100)
+    assert torch.equal(stale[0].states(list(range(11))), before_states) and stale[0].count == 12
+    assert stale[1].document(9).id == docs[9].id and stale[1].count == 12
+    assert [s.name for s in stale[1].shards] == ["00014"]
+    blocks = list(stale[0].iter_blocks(4, end=10))  # a pass bounded below the merged shard's end
+    assert [b[0] for b in blocks] == [0, 4, 8] and sum(len(b[1]) for b in blocks) == 10
+    reader = stale[0]
+    add_documents(model, reader, docs[12:14], progress=False)  # a later commit names shard 00015
+    assert [s.name for s in MemoryIndex.open(tmp_path / "idx").shards] == ["00014", "00015"]
     r = CliRunner().invoke(app, ["index", "compact", str(tmp_path / "idx"), "--shard-size", "100"])
-    assert r.exit_code == 0 and "3 shards -> 1 (13 documents)" in " ".join(r.output.split()), r.output
-    assert MemoryIndex.open(tmp_path / "idx").ids == [d.id for d in docs[:13]]
+    assert r.exit_code == 0 and "2 shards -> 1 (14 documents)" in " ".join(r.output.split()), r.output
+    assert MemoryIndex.open(tmp_path / "idx").ids == [d.id for d in docs[:14]]
     assert MemoryIndex.open(tmp_path / "idx").compact() == 0  # nothing left to merge
     with pytest.raises(ValueError, match="shard_size"):
         index.compact(shard_size=0)
@@ -344,6 +355,15 @@ def test_long_jsonl_records_are_chunked_with_chunk_and_short_ones_keep_their_id(
                                  "--device", "cpu", "--chunk", "--chunk-overlap", "4"])
     assert r.exit_code == 0, r.output
     assert MemoryIndex.open(tmp_path / "cli").ids == [d.id for d in pieces]
+    r = CliRunner().invoke(app, ["index", "build", str(corpus), "--out", str(tmp_path / "bad"), "-m", str(checkpoint),
+                                 "--device", "cpu", "--chunk", "--chunk-overlap", str(model.config.doc_max_len)])
+    assert r.exit_code == 2 and "chunk-overlap" in r.output and not (tmp_path / "bad").exists()
+    from clara.data.corpus import chunk_document
+    from clara.tokens import document_length
+
+    wordy = Document(id="w", title=" ".join(["Title"] * 40), text=text)  # a title that fills doc_max_len
+    with pytest.raises(DataError, match="'w': its title leaves 0 of 32 tokens"):
+        chunk_document(wordy, model.config.doc_max_len, 4, document_length(model.tokenizer))
 
 
 def test_cli_build_killed_midway_then_resumed(checkpoint, tmp_path):

@@ -167,6 +167,9 @@ def test_added_documents_searchable_and_survive_restart(setup):
     url = server.url + "/v1/documents"
     r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 99}, timeout=60)
     assert r.status_code == 422 and "chunk_overlap" in r.json()["detail"]
+    clash = [{"id": "c", "text": long_doc["text"]}, {"id": "c#0", "text": "A short one."}]  # c's first piece is c#0
+    r = httpx.post(url, json={"documents": clash, "chunk": True, "chunk_overlap": 4}, timeout=60)
+    assert r.status_code == 409 and "c#0" in r.json()["detail"]
     r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 4}, timeout=60)
     assert r.status_code == 200 and r.json()["added"] > 3 and r.json()["truncated"] == 0, r.text
     r = httpx.post(url, json={"documents": [long_doc], "chunk": True, "chunk_overlap": 4}, timeout=60)

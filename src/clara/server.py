@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from . import tokens
 from .data.corpus import Document, chunk_document
+from .io import DataError
 from .rag import Answer, ClaraRAG
 
 log = logging.getLogger(__name__)
@@ -291,10 +292,20 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
             if body.chunk_overlap >= size:
                 raise HTTPException(422, f"chunk_overlap={body.chunk_overlap} must be below doc_max_len ({size})")
             count = tokens.document_length(rag.model.tokenizer)
-            docs = [p for d in docs for p in chunk_document(d, size, body.chunk_overlap, count)]
-            dup = sorted({d.id for d in docs if d.id in rag.index})
+
+            def cut() -> list[Document]:  # tokenizes every word: off the event loop
+                return [p for d in docs for p in chunk_document(d, size, body.chunk_overlap, count)]
+
+            try:
+                docs = await asyncio.get_running_loop().run_in_executor(executor, cut)
+            except DataError as e:
+                raise HTTPException(422, str(e)) from None
+            if len(docs) > config.max_documents:
+                raise HTTPException(413, f"{len(docs)} pieces; at most {config.max_documents} per request")
+            ids = [d.id for d in docs]
+            dup = sorted({i for i, n in Counter(ids).items() if n > 1} | {i for i in ids if i in rag.index})
             if dup:
-                raise HTTPException(409, f"document ids already present: {dup[:10]}")
+                raise HTTPException(409, f"document ids already present or repeated once cut: {dup[:10]}")
         report = await asyncio.get_running_loop().run_in_executor(executor, rag.add_documents, docs)
         return DocumentsResponse(added=report.added, total=report.total, truncated=report.truncated)
 

@@ -66,6 +66,11 @@ def fail(message: object) -> NoReturn:
     raise typer.Exit(2)
 
 
+def check_overlap(model: "ClaraModel", overlap: int) -> None:
+    if not 0 <= overlap < model.config.doc_max_len:
+        fail(f"--chunk-overlap {overlap} must be at least 0 and below the model's doc_max_len ({model.config.doc_max_len})")
+
+
 def corpus_documents(
     model: "ClaraModel", corpus: Path, overlap: int, chunk: bool = False
 ) -> tuple[Iterator["Document"], Optional[int]]:
@@ -73,6 +78,8 @@ def corpus_documents(
     doc_max_len tokens) and their count if cheap."""
     from ..data.corpus import read_corpus
     from ..tokens import document_length
+
+    check_overlap(model, overlap)
 
     docs = read_corpus(
         corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap,
@@ -127,6 +134,7 @@ def build(
     from ..io import DataError
 
     clara, model_path = load_model(model, device, out)
+    check_overlap(clara, overlap)  # before the index folder exists
     try:
         index = open_or_create(
             clara, out, storage="int8" if int8 else "float16", shard_size=shard_size, model_path=model_path,
@@ -198,11 +206,11 @@ def compact(
 
     try:
         index = MemoryIndex.open(index_dir)
-        before = len(index.shards)
         removed = index.compact(shard_size)
     except DataError as e:
         fail(e)
-    console.print(f"{index.path}: {before} shards -> {before - removed} ({len(index)} documents)")
+    after = len(index.shards)
+    console.print(f"{index.path}: {after + removed} shards -> {after} ({len(index)} documents)")
 
 
 @index_app.command("search")

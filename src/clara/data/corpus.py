@@ -129,7 +129,12 @@ def chunk_document(
     """``doc`` itself if its full text fits in ``size`` tokens, else its text cut into overlapping pieces."""
     if (count(doc.full_text()) if count else len(doc.full_text().split())) <= size:
         return [doc]
-    budget = _title_budget(doc.title, size, overlap, count) if doc.title else size
+    budget = size - (count(f"{doc.title}\n") if count else 1) if doc.title else size
+    if budget <= overlap:  # each piece would advance by a word or two: thousands of near-copies
+        raise DataError(
+            f"document {doc.id!r}: its title leaves {max(budget, 0)} of {size} tokens for text, not more than the "
+            f"{overlap}-token chunk overlap; shorten the title or lower the overlap"
+        )
     return [
         Document(
             id=f"{doc.id}#{offset}", text=piece, title=doc.title, meta={**doc.meta, "parent": doc.id, "offset": offset}

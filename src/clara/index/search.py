@@ -248,7 +248,7 @@ def build_ann(index: MemoryIndex, config: AnnConfig | None = None, block_rows: i
     d = projection.out_dim
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
     ivf.train(projection.docs(sample.numpy()))
-    for first, block, _ in index.iter_blocks(block_rows):
+    for first, block, _ in index.iter_blocks(block_rows, end=n):  # the rows the manifest will record
         ids = np.arange(first * per_row, (first + len(block)) * per_row, dtype=np.int64)  # slot id = row*n_mem + j
         states = torch.from_numpy(np.asarray(block, dtype=np.float32)).view(len(block), index.n_mem, -1)
         ivf.add_with_ids(projection.docs(_ann_vectors(states, config.score)), ids)

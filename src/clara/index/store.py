@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from ..data.corpus import Document
 from ..io import DataError, atomic_write_json
@@ -141,8 +141,18 @@ class MemoryIndex:
         self._arrays_cache: dict[str, dict[str, np.ndarray]] = {}
         self._ids: list[str] = []
         self._row_of: dict[str, int] = {}
-        for s in manifest["shards"]:
-            self._take_in(Shard(**s))
+        for attempt in range(3):
+            try:
+                for s in manifest["shards"]:
+                    self._take_in(Shard(**s))
+                break
+            except FileNotFoundError as missing:
+                # another process compacted the index while this one read it: read the newer manifest
+                fresh = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+                if fresh["shards"] == manifest["shards"] or attempt == 2:
+                    raise MemoryIndexError(f"{path}: {missing.filename} listed in the manifest is missing (index damaged?)")
+                self.manifest = manifest = fresh
+                self.shards, self._offsets, self._ids, self._row_of = [], {}, [], {}
         if len(self._ids) != self.count:
             raise MemoryIndexError(f"{path}: manifest counts {self.count} documents but the shards hold {len(self._ids)}")
         self._stamp = self._manifest_stamp()  # which manifest this object holds (refresh)
@@ -266,10 +276,8 @@ class MemoryIndex:
     def _shard_ids(self, shard: Shard) -> list[str]:
         """The shard's document ids in row order; records where each line starts."""
         file = self.path / "shards" / f"{shard.name}.docs.jsonl"
-        if not file.is_file():
-            raise MemoryIndexError(f"{self.path}: shard {shard.name} listed in the manifest has no {file.name}")
         ids, offsets, pos = [], [], 0
-        with open(file, "rb") as f:
+        with open(file, "rb") as f:  # FileNotFoundError: __init__ tells a compaction from damage
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -349,12 +357,16 @@ class MemoryIndex:
             raise MemoryIndexError(f"index {self.path} stores no readout rows (built with readout off or by an older clara-rag)")
         return self._gather(rows, "readout")
 
-    def iter_blocks(self, block_rows: int = 16384) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yield (first_row, flat states (n, n_mem*H) memmap view, inv_norm (n,)) in row order.
+    def iter_blocks(
+        self, block_rows: int = 16384, end: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield (first_row, flat states (n, n_mem*H) memmap view, inv_norm (n,)) for rows [0, end) in order.
 
         Blocks never cross a shard, and hold at most ``block_rows`` rows: search memory is bounded.
+        ``end`` defaults to the rows committed when the pass starts (later ones are not part of it).
         """
-        row, end = 0, self.count  # rows committed later are not part of this pass
+        row = 0
+        end = self.count if end is None else end
         while row < end:
             shard, i = self._locate(row)
             try:
@@ -363,10 +375,11 @@ class MemoryIndex:
                 self._recover(shard)  # compacted meanwhile: same rows, other shards
                 continue
             flat = arrays["states"].reshape(shard.count, -1)
-            for start in range(i, shard.count, block_rows):
-                stop = min(start + block_rows, shard.count)
+            last = min(shard.count, end - shard.first_row)  # a merged shard may reach past `end`
+            for start in range(i, last, block_rows):
+                stop = min(start + block_rows, last)
                 yield shard.first_row + start, flat[start:stop], arrays["inv_norm"][start:stop]
-            row = shard.first_row + shard.count
+            row = shard.first_row + last
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -435,8 +448,12 @@ class MemoryIndex:
         new = on_disk["shards"][len(self.shards) :]
         if new:  # only the shards added since are read
             log.info("%s: %d documents committed by another process", self.path, int(on_disk["count"]) - self.count)
-            for s in new:
-                self._take_in(Shard(**s))
+            try:
+                for s in new:
+                    self._take_in(Shard(**s))
+            except FileNotFoundError:  # compacted since: read it afresh
+                self.__init__(self.path, json.loads((self.path / MANIFEST).read_text(encoding="utf-8")))  # type: ignore[misc]
+                return True
         self.manifest, self._stamp = on_disk, stamp
         return bool(new)
 
@@ -508,11 +525,14 @@ class MemoryIndex:
         with self._write_lock():
             self.refresh()
             groups: list[list[Shard]] = []
+            rows = 0  # in the last group
             for shard in self.shards:  # greedy runs of consecutive shards that fit in `size` rows
-                if groups and sum(s.count for s in groups[-1]) + shard.count <= size:
+                if groups and rows + shard.count <= size:
                     groups[-1].append(shard)
+                    rows += shard.count
                 else:
                     groups.append([shard])
+                    rows = shard.count
             before = len(self.shards)
             if len(groups) < before:
                 next_name = int(self._next_shard_name())
@@ -521,8 +541,10 @@ class MemoryIndex:
                     if len(group) == 1:
                         listed.append(group[0].__dict__)
                         continue
-                    parts = [self._shard_arrays(s.name) for s in group]
-                    tensors = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+                    # read, not memory-mapped: a map holds a file descriptor per tensor, and a group may
+                    # be thousands of one-row shards
+                    parts = [load_file(str(self._shard_file(s, "states"))) for s in group]
+                    tensors = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
                     lines = [
                         line
                         for s in group
@@ -581,8 +603,13 @@ class MemoryIndex:
         }
 
     def set_manifest_field(self, key: str, value: Any) -> None:
-        """Atomically record an extra manifest field (e.g. the approximate index's description)."""
-        manifest = dict(self.manifest)
-        manifest[key] = value
-        atomic_write_json(self.path / MANIFEST, manifest)
-        self.manifest = manifest
+        """Atomically record an extra manifest field (e.g. the approximate index's description).
+
+        Under the writer lock and on the manifest as it is now: a field written from a stale copy
+        would drop the shards another process committed or compacted meanwhile."""
+        with self._write_lock():
+            self.refresh()
+            manifest = dict(self.manifest)
+            manifest[key] = value
+            atomic_write_json(self.path / MANIFEST, manifest)
+            self.manifest, self._stamp = manifest, self._manifest_stamp()
