@@ -150,7 +150,9 @@ class MemoryIndex:
                 # another process compacted the index while this one read it: read the newer manifest
                 fresh = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
                 if fresh["shards"] == manifest["shards"] or attempt == 2:
-                    raise MemoryIndexError(f"{path}: {missing.filename} listed in the manifest is missing (index damaged?)")
+                    raise MemoryIndexError(
+                        f"{path}: {Path(str(missing.filename)).name} listed in the manifest is missing (index damaged?)"
+                    ) from None
                 self.manifest = manifest = fresh
                 self.shards, self._offsets, self._ids, self._row_of = [], {}, [], {}
         if len(self._ids) != self.count:
