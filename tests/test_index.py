@@ -127,6 +127,9 @@ def test_documents_are_read_from_disk_by_offset_and_damage_is_named(model, docs,
     (tmp_path / "idx" / "shards" / "00001.docs.jsonl").write_text('{"id": "x", "text": "y"}\n{not json\n')
     with pytest.raises(MemoryIndexError, match=r"00001.docs.jsonl:2: not a document record"):
         MemoryIndex.open(tmp_path / "idx")
+    (tmp_path / "idx" / "shards" / "00001.docs.jsonl").unlink()  # gone, and no compaction explains it
+    with pytest.raises(MemoryIndexError, match=r"00001.docs.jsonl listed in the manifest is missing"):
+        MemoryIndex.open(tmp_path / "idx")
 
 
 def test_build_report_counts_documents_cut_to_doc_max_len(model, tmp_path, caplog):
