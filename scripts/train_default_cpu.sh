@@ -4,8 +4,8 @@
 # max_minutes=... or by killing it after a checkpoint and pointing the next stage at
 # output_dir/checkpoint/model.
 #   bash scripts/train_default_cpu.sh            # RATIO=16: the shipped default
-#   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 model of session 18 (not shipped)
-#   RATIO=8 bash scripts/train_default_cpu.sh    # the same recipe at ratio 8, session 29 (not shipped)
+#   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 lineage of sessions 23-30 (stages 1c-1e, 2, 3 below)
+#   RATIO=8 bash scripts/train_default_cpu.sh    # session 18's ratio-4 recipe at ratio 8, session 29 (not shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATIO=${RATIO:-16}
@@ -26,7 +26,20 @@ stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_
 # query reasoner stays the compressor's copy, only the generator trains
 extra2="model.retrieval_score=maxsim retrieval_weight=1.0 retrieval_docs=10 retrieval_in_batch=true adapter_lr.compressor=1e-3"
 extra3="train_query_reasoner=false"
-if [ "$RATIO" != 16 ]; then
+if [ "$RATIO" = 4 ]; then
+    # sessions 23, 24 and 30 (docs/training.md): stage 1 widened to 32 memory tokens, with the span-mean
+    # loss and oracle mixing, on three schedules (1c: 400 steps at 5e-4; 1d and 1e: 200 steps at 3e-4,
+    # each a fresh cosine from the previous one's end, other seeds); stage 2 keeps the span loss, adds
+    # reconstruction rehearsal and trains the compressor at 3e-4; stage 3 (125 steps) rehearses too
+    s1="model.compression_ratio=4 model.mem_readout=soft_tokens oracle_mix=0.5 span_weight=2.0 save_every=25"
+    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4c $s1 lr=5e-4 max_steps=400 seed=1
+    clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4c/final output_dir=runs/scp4d $s1 lr=3e-4 max_steps=200 seed=2
+    clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4d/final output_dir=runs/scp4e $s1 lr=3e-4 max_steps=200 seed=3
+    stage1=runs/scp4e/final
+    extra2="${extra2/adapter_lr.compressor=1e-3/adapter_lr.compressor=3e-4} recon_mix=0.5 span_weight=2.0"
+    extra3="$extra3 recon_mix=0.5"
+    STEPS3=${STEPS3:-125}
+elif [ "$RATIO" != 16 ]; then
     # stage 1c (session 18 at ratio 4, session 29 at 8): stage 1 widened to 32 (16) memory tokens (each <MEMi> row repeated; session
     # 18 widened step 850, the shipped default's stage-1 weights: scripts/restore_step850.sh), half
     # of the examples read the span means (the oracle) instead of the compressor's memory; stages 2
