@@ -66,8 +66,9 @@ def fail(message: object) -> NoReturn:
     raise typer.Exit(2)
 
 
-def check_overlap(model: "ClaraModel", overlap: int) -> None:
-    if not 0 <= overlap < model.config.doc_max_len:
+def check_overlap(model: "ClaraModel", overlap: int, corpus: Path, chunk: bool) -> None:
+    """Refuse an overlap that leaves chunks no room, when anything will be chunked (folders, --chunk)."""
+    if (chunk or corpus.is_dir()) and not 0 <= overlap < model.config.doc_max_len:
         fail(f"--chunk-overlap {overlap} must be at least 0 and below the model's doc_max_len ({model.config.doc_max_len})")
 
 
@@ -79,7 +80,7 @@ def corpus_documents(
     from ..data.corpus import read_corpus
     from ..tokens import document_length
 
-    check_overlap(model, overlap)
+    check_overlap(model, overlap, corpus, chunk)
 
     docs = read_corpus(
         corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap,
@@ -134,7 +135,7 @@ def build(
     from ..io import DataError
 
     clara, model_path = load_model(model, device, out)
-    check_overlap(clara, overlap)  # before the index folder exists
+    check_overlap(clara, overlap, corpus, chunk)  # before the index folder exists
     try:
         index = open_or_create(
             clara, out, storage="int8" if int8 else "float16", shard_size=shard_size, model_path=model_path,
