@@ -282,10 +282,6 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
         blank = [d.id for d in body.documents if not d.text.strip()]
         if blank:
             raise HTTPException(422, f"documents with blank text: {blank[:10]}")
-        ids = [d.id for d in body.documents]
-        dup = sorted({i for i in ids if ids.count(i) > 1} | {i for i in ids if i in rag.index})
-        if dup:
-            raise HTTPException(409, f"document ids already present or repeated: {dup[:10]}")
         docs = [Document(id=d.id, text=d.text.strip(), title=d.title.strip(), meta=d.meta) for d in body.documents]
         if body.chunk:
             size = rag.model.config.doc_max_len
@@ -302,10 +298,10 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
                 raise HTTPException(422, str(e)) from None
             if len(docs) > config.max_documents:
                 raise HTTPException(413, f"{len(docs)} pieces; at most {config.max_documents} per request")
-            ids = [d.id for d in docs]
-            dup = sorted({i for i, n in Counter(ids).items() if n > 1} | {i for i in ids if i in rag.index})
-            if dup:
-                raise HTTPException(409, f"document ids already present or repeated once cut: {dup[:10]}")
+        ids = [d.id for d in docs]  # as added: the pieces' ids when cut
+        dup = sorted({i for i, n in Counter(ids).items() if n > 1} | {i for i in ids if i in rag.index})
+        if dup:
+            raise HTTPException(409, f"document ids already present or repeated: {dup[:10]}")
         report = await asyncio.get_running_loop().run_in_executor(executor, rag.add_documents, docs)
         return DocumentsResponse(added=report.added, total=report.total, truncated=report.truncated)
 

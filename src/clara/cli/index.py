@@ -80,8 +80,6 @@ def corpus_documents(
     from ..data.corpus import read_corpus
     from ..tokens import document_length
 
-    check_overlap(model, overlap, corpus, chunk)
-
     docs = read_corpus(
         corpus, chunk_size=model.config.doc_max_len, chunk_overlap=overlap,
         count_tokens=document_length(model.tokenizer), chunk_records=chunk,
@@ -163,6 +161,7 @@ def add(
 ) -> None:
     """Compress more documents into an existing index."""
     index, clara = open_with_model(index_dir, model, device)
+    check_overlap(clara, overlap, corpus, chunk)
     _run_add(clara, index, corpus, batch_size, overlap, chunk)
 
 

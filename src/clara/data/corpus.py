@@ -118,9 +118,9 @@ def read_corpus(
         yield doc
 
 
-def _title_budget(title: str, size: int, overlap: int, count: Callable[[str], int] | None) -> int:
+def _text_budget(title: str, size: int, count: Callable[[str], int] | None) -> int:
     """Tokens left for text once the compressor has read the title ("title\ntext", Document.full_text)."""
-    return max(overlap + 1, size - (count(f"{title}\n") if count else 1))
+    return size - (count(f"{title}\n") if count else 1) if title else size
 
 
 def chunk_document(
@@ -129,7 +129,7 @@ def chunk_document(
     """``doc`` itself if its full text fits in ``size`` tokens, else its text cut into overlapping pieces."""
     if (count(doc.full_text()) if count else len(doc.full_text().split())) <= size:
         return [doc]
-    budget = size - (count(f"{doc.title}\n") if count else 1) if doc.title else size
+    budget = _text_budget(doc.title, size, count)
     if budget <= overlap:  # each piece would advance by a word or two: thousands of near-copies
         raise DataError(
             f"document {doc.id!r}: its title leaves {max(budget, 0)} of {size} tokens for text, not more than the "
@@ -151,7 +151,7 @@ def _read(path: Path, chunk_size: int, overlap: int, count: Callable[[str], int]
         for f in files:
             rel = f.relative_to(path).as_posix()
             text = f.read_text(encoding="utf-8", errors="replace")
-            budget = _title_budget(f.stem, chunk_size, overlap, count)
+            budget = max(overlap + 1, _text_budget(f.stem, chunk_size, count))
             for offset, piece in chunk_words(text, budget, overlap, count):
                 yield Document(id=f"{rel}#{offset}", text=piece, title=f.stem, meta={"file": rel, "offset": offset})
         return

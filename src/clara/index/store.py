@@ -134,14 +134,14 @@ class MemoryIndex:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
-        self.shards: list[Shard] = []
-        # per shard, the byte offset of each document's line: one document is one seek and one
-        # line parsed, and no document text stays in memory (an index may hold millions)
-        self._offsets: dict[str, list[int]] = {}
         self._arrays_cache: dict[str, dict[str, np.ndarray]] = {}
-        self._ids: list[str] = []
-        self._row_of: dict[str, int] = {}
         for attempt in range(3):
+            self.shards: list[Shard] = []
+            # per shard, the byte offset of each document's line: one document is one seek and one
+            # line parsed, and no document text stays in memory (an index may hold millions)
+            self._offsets: dict[str, list[int]] = {}
+            self._ids: list[str] = []
+            self._row_of: dict[str, int] = {}
             try:
                 for s in manifest["shards"]:
                     self._take_in(Shard(**s))
@@ -154,7 +154,6 @@ class MemoryIndex:
                         f"{path}: {Path(str(missing.filename)).name} listed in the manifest is missing (index damaged?)"
                     ) from None
                 self.manifest = manifest = fresh
-                self.shards, self._offsets, self._ids, self._row_of = [], {}, [], {}
         if len(self._ids) != self.count:
             raise MemoryIndexError(f"{path}: manifest counts {self.count} documents but the shards hold {len(self._ids)}")
         self._stamp = self._manifest_stamp()  # which manifest this object holds (refresh)
@@ -277,7 +276,7 @@ class MemoryIndex:
 
     def _shard_ids(self, shard: Shard) -> list[str]:
         """The shard's document ids in row order; records where each line starts."""
-        file = self.path / "shards" / f"{shard.name}.docs.jsonl"
+        file = self._shard_file(shard, "docs")
         ids, offsets, pos = [], [], 0
         with open(file, "rb") as f:  # FileNotFoundError: __init__ tells a compaction from damage
             for lineno, line in enumerate(f, 1):
@@ -479,7 +478,8 @@ class MemoryIndex:
         records = ({"id": d.id, "title": d.title, "text": d.text, "meta": d.meta} for d in docs)
         lines = [json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records]
         shard = self._write_shard(self._next_shard_name(), self.count, tensors, lines)
-        self._write_manifest([*self.manifest["shards"], shard.__dict__], self.count + len(docs))  # the commit point
+        shards = [*self.manifest["shards"], shard.__dict__]
+        self._write_manifest(shards=shards, count=self.count + len(docs))  # the commit point
         self._take_in(shard)
 
     def _write_shard(self, name: str, first_row: int, tensors: dict[str, np.ndarray], lines: Sequence[bytes]) -> Shard:
@@ -500,14 +500,11 @@ class MemoryIndex:
             sha256={docs_file.name: _sha256(docs_file), states_file.name: _sha256(states_file)},
         )
 
-    def _write_manifest(self, shards: list[dict[str, Any]], count: int) -> None:
-        manifest = dict(self.manifest)
-        manifest["shards"] = shards
-        manifest["count"] = count
-        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def _write_manifest(self, **fields: Any) -> None:
+        """Atomically rewrite the manifest with ``fields`` changed (writers hold the lock)."""
+        manifest = {**self.manifest, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.path / MANIFEST, manifest)
-        self._stamp = self._manifest_stamp()
-        self.manifest = manifest
+        self.manifest, self._stamp = manifest, self._manifest_stamp()
 
     # ------------------------------------------------------------------ compaction
     def compact(self, shard_size: int | None = None) -> int:
@@ -556,7 +553,7 @@ class MemoryIndex:
                     merged = self._write_shard(f"{next_name:05d}", group[0].first_row, tensors, lines)
                     next_name += 1
                     listed.append(merged.__dict__)
-                self._write_manifest(listed, self.count)  # the commit point
+                self._write_manifest(shards=listed)  # the commit point
                 self.__init__(self.path, self.manifest)  # type: ignore[misc]
             self._remove_unlisted()
         return before - len(self.shards)
@@ -611,7 +608,4 @@ class MemoryIndex:
         would drop the shards another process committed or compacted meanwhile."""
         with self._write_lock():
             self.refresh()
-            manifest = dict(self.manifest)
-            manifest[key] = value
-            atomic_write_json(self.path / MANIFEST, manifest)
-            self.manifest, self._stamp = manifest, self._manifest_stamp()
+            self._write_manifest(**{key: value})
