@@ -10,7 +10,8 @@ import torch
 
 from clara import ClaraModel
 from clara.data.qa import load_qa
-from clara.eval.runner import EvalConfig, candidates, pool_documents, run_eval
+from clara.eval.runner import EvalConfig, _labels, candidates, pool_documents, run_eval, split_ids
+from clara.io import DataError
 
 from .conftest import perturb_lora, tiny_config
 
@@ -135,6 +136,57 @@ def test_resume_refuses_a_checkpoint_retrained_in_place(tiny_checkpoints, tmp_pa
         run_eval(cfg)
 
 
+def test_checkpoints_named_alike_get_distinct_labels(tiny_checkpoints, tmp_path: Path):
+    import shutil
+
+    # `clara train` writes every run to OUTPUT_DIR/final: two such checkpoints must not share predictions
+    assert _labels(["runs/a/final", "runs/b/final", "default"]) == ["a/final", "b/final", "default"]
+    assert _labels(["x/final", "y/x/final"]) == ["x/final", "y/x/final"]
+    with pytest.raises(ValueError, match="given twice"):
+        EvalConfig(data="q.json", checkpoints=["runs/a/final", "runs/a/final/"])
+    for name, src in (("a", tiny_checkpoints[0]), ("b", tiny_checkpoints[1])):
+        shutil.copytree(src, tmp_path / name / "final")
+    cfg = EvalConfig(data=str(FIX / "2wiki_dev.jsonl"), out_dir=str(tmp_path / "run"), retrieval_only=True,
+                     systems=["clara"], checkpoints=[str(tmp_path / n / "final") for n in "ab"], device="cpu",
+                     progress=False)
+    metrics = run_eval(cfg)
+    assert set(metrics["systems"]) == {"clara@a/final", "clara@b/final"}
+    assert [s["info"]["compression_ratio"] for s in metrics["systems"].values()] == [4, 8]
+
+
+def test_resume_refuses_another_single_checkpoint(tiny_checkpoints, tmp_path: Path):
+    # one checkpoint's systems are named 'clara' whatever the checkpoint: a second one must not reuse its rows
+    def cfg(ckpt: Path) -> EvalConfig:
+        return EvalConfig(data=str(FIX / "2wiki_dev.jsonl"), out_dir=str(tmp_path / "run"), retrieval_only=True,
+                          systems=["clara"], checkpoints=[str(ckpt)], device="cpu", progress=False)
+
+    run_eval(cfg(tiny_checkpoints[0]))
+    with pytest.raises(ValueError, match="other weights"):
+        run_eval(cfg(tiny_checkpoints[1]))
+
+
+def test_eval_config_refuses_what_it_would_ignore():
+    with pytest.raises(ValueError, match="pool_corpus"):
+        EvalConfig(data="q.json", pool_corpus="c.jsonl")  # oracle setting: nothing is pooled
+    for field_name in ("limit", "batch_size", "max_new_tokens", "top_k"):
+        with pytest.raises(ValueError, match=field_name):
+            EvalConfig(data="q.json", **{field_name: 0})
+
+
+def test_split_ids_forms_and_errors(tmp_path: Path):
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"a": {"ids": ["1", "2"], "titles": []}, "b": {"ids": ["3"]}}))
+    assert split_ids(f) == {"1", "2", "3"}
+    f.write_text(json.dumps(["4", "5"]))
+    assert split_ids(f) == {"4", "5"}
+    f.write_text('{"a": {"ids": [1]}}')
+    with pytest.raises(DataError, match="list of strings"):
+        split_ids(f)
+    f.write_text('{"a": \n oops}')
+    with pytest.raises(DataError, match=r"s\.json: invalid JSON at line 2"):
+        split_ids(f)
+
+
 def test_cli_closed_book_on_flashrag(backbones, tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -149,7 +201,7 @@ def test_cli_closed_book_on_flashrag(backbones, tmp_path: Path):
     assert metrics["systems"]["closed-book"]["n"] == 2 and "recall@1" not in metrics["systems"]["closed-book"]
     bad = CliRunner().invoke(app, ["eval", str(FIX / "flashrag.jsonl"), "--out", str(tmp_path / "x"),
                                    "--system", "nonsense"])
-    assert bad.exit_code == 1 and "unknown systems" in bad.output
+    assert bad.exit_code == 2 and "unknown systems" in bad.output  # a user error, as in every command
 
 
 def test_split_file_limits_the_questions(tiny_checkpoints, tmp_path: Path):

@@ -369,6 +369,32 @@ def test_long_jsonl_records_are_chunked_with_chunk_and_short_ones_keep_their_id(
         chunk_document(wordy, model.config.doc_max_len, 4, document_length(model.tokenizer))
 
 
+def test_text_without_spaces_is_cut_inside_and_folder_titles_are_checked(model, tmp_path):
+    from clara.data.corpus import chunk_document
+    from clara.tokens import document_length
+
+    count = document_length(model.tokenizer)
+    size = model.config.doc_max_len
+    # a CJK paragraph and a long URL hold no space to cut at: pieces must still fit the compressor
+    cjk = "巴黎是法国的首都和最大城市位于塞纳河畔" * 12
+    text = f"See https://example.org/{'a1b2c3' * 40} and then {cjk} end."
+    pieces = chunk_document(Document(id="x", text=text), size, 4, count)
+    assert len(pieces) > 3
+    for d in pieces:
+        assert count(d.full_text()) <= size, d.text
+        assert text[d.meta["offset"]:].startswith(d.text[:10])
+    # the pieces of one run are glued back without spaces: the run's text is all there, in order
+    joined = "".join(d.text.replace(" ", "") for d in pieces)
+    assert cjk in joined
+    # a folder file whose name (its title) fills the budget is refused, naming the file
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    long_name = "_".join(["Title"] * 30)
+    (folder / f"{long_name}.txt").write_text("Some words to index. " * 20)
+    with pytest.raises(DataError, match=f"{long_name}.txt: its title leaves"):
+        list(read_corpus(folder, size, 4, count))
+
+
 def test_cli_build_killed_midway_then_resumed(checkpoint, tmp_path):
     """kill -9 a real `clara index build`, rerun it: every document once, none missing."""
     docs = []

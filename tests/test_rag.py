@@ -61,6 +61,37 @@ def test_ask_batch_matches_single_asks_and_per_question_k(rag):
         rag.ask_batch(questions, k=[1, 2])
 
 
+def test_a_bare_string_is_not_a_list_of_questions(rag):
+    with pytest.raises(TypeError, match="list of strings"):
+        rag.retrieve("Who was Teutberga?")
+    with pytest.raises(TypeError, match="list of strings"):
+        rag.ask_batch("Who was Teutberga?")
+
+
+def test_cli_prints_questions_answers_and_sources_verbatim():
+    from clara.cli import ask_serve
+    from clara.rag import Answer, Source
+
+    # Rich markup in data would vanish ("[film]") or raise ("[/INST]")
+    answer = Answer("What does [/INST] mean?", "It ends [b]an instruction", [Source("id[1]", "Hamlet [film]", 0.5)])
+    with ask_serve.console.capture() as cap:
+        ask_serve.print_answer(answer, gold="[red]x")
+    out = cap.get()
+    for text in ("What does [/INST] mean?", "It ends [b]an instruction", "id[1]", "Hamlet [film]", "expected: [red]x"):
+        assert text in out, out
+
+
+def test_cli_ask_refuses_options_it_would_ignore():
+    from typer.testing import CliRunner
+
+    from clara.cli import app
+
+    r = CliRunner().invoke(app, ["ask", "Who was Teutberga?", "--demo"])
+    assert r.exit_code == 2 and "not both" in r.output
+    r = CliRunner().invoke(app, ["ask", "Who was Teutberga?", "--stream", "--json"])
+    assert r.exit_code == 2 and "choose one" in r.output
+
+
 def test_streamer_receives_the_answer(rag):
     class Collect(BaseStreamer):
         def __init__(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from clara import ClaraModel, ClaraRAG, MemoryIndex
-from clara.data.corpus import read_corpus
+from clara.data.corpus import Document, read_corpus
 from clara.index import add_documents, open_or_create
 
 from .conftest import SHARED, perturb_lora, tiny_config
@@ -151,6 +151,38 @@ def test_sixteen_concurrent_asks_are_batched_and_correct(setup):
     for q, r in zip(QUESTIONS, responses):
         assert r.json()["question"] == q
         assert r.json()["answer"] == rag.ask(q).answer
+
+
+def test_one_id_added_twice_at_once_or_by_another_process_is_409(setup):
+    model, root, server = setup
+    url = server.url + "/v1/documents"
+    doc = {"id": "race-1", "text": "Racing documents arrive together."}
+
+    async def two_at_once() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            rs = await asyncio.gather(*[client.post(url, json={"documents": [doc]}) for _ in range(2)])
+        return sorted(r.status_code for r in rs)
+
+    assert asyncio.run(two_at_once()) == [200, 409]  # the second must not be a silent {"added": 0}
+    # committed by another writer (`clara index add`) since the server last looked: 409, not a 500
+    other = {"id": "other-1", "title": "", "text": "Added beside the server."}
+    add_documents(model, MemoryIndex.open(root / "idx"), [Document(**other)], progress=False)
+    r = httpx.post(url, json={"documents": [other]}, timeout=60)
+    assert r.status_code == 409 and "other-1" in r.json()["detail"]
+
+
+def test_read_only_server_refuses_documents(setup):
+    from fastapi.testclient import TestClient
+
+    from clara.server import ServerConfig, create_app
+
+    model, root, _ = setup
+    rag = ClaraRAG(model, MemoryIndex.open(root / "idx"), k=3, max_new_tokens=5)
+    with TestClient(create_app(rag, ServerConfig(read_only=True))) as client:
+        r = client.post("/v1/documents", json={"documents": [{"id": "ro-1", "text": "Not to be kept."}]})
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+        assert client.post("/v1/retrieve", json={"query": "Who was Teutberga?"}).status_code == 200
+    assert "ro-1" not in MemoryIndex.open(root / "idx")
 
 
 def test_added_documents_searchable_and_survive_restart(setup):

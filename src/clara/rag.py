@@ -20,7 +20,7 @@ import torch
 from .data.corpus import Document
 from .index.build import BuildReport, add_documents, stores_readout
 from .index.search import DEFAULT_NPROBE, Searcher
-from .index.store import MemoryIndex
+from .index.store import DuplicateIdError, MemoryIndex
 
 if TYPE_CHECKING:
     from .model import ClaraModel
@@ -57,6 +57,13 @@ class Answer:
             for s in out["sources"]:
                 s.pop("text")
         return out
+
+
+def _question_list(questions: Sequence[str]) -> list[str]:
+    # a bare string is a Sequence too: list() would make one question of every character
+    if isinstance(questions, str):
+        raise TypeError("questions must be a list of strings; for one question use ask() or pass [question]")
+    return list(questions)
 
 
 class ClaraRAG:
@@ -106,7 +113,8 @@ class ClaraRAG:
 
     @torch.no_grad()
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Source]]:
-        """Top-k documents for each question, best first."""
+        """Top-k documents for each question (a list of strings), best first."""
+        questions = _question_list(questions)
         with self._lock:
             return self._retrieve(list(questions), k or self.k)[0]
 
@@ -130,7 +138,7 @@ class ClaraRAG:
 
         ``k`` may differ per question (a list); the search runs at the largest.
         """
-        questions = list(questions)
+        questions = _question_list(questions)
         ks = [k or self.k] * len(questions) if k is None or isinstance(k, int) else [int(x) for x in k]
         if len(ks) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(ks)} values of k")
@@ -162,7 +170,18 @@ class ClaraRAG:
         return [Answer(q, a, s, dict(timings)) for q, a, s in zip(questions, texts, sources)]
 
     # ------------------------------------------------------------------ growing the index
-    def add_documents(self, docs: Iterable[Document], batch_size: int = 32) -> BuildReport:
-        """Compress and commit new documents; searchable as soon as this returns, and on disk."""
+    def add_documents(self, docs: Iterable[Document], batch_size: int = 32, skip_existing: bool = True) -> BuildReport:
+        """Compress and commit new documents; searchable as soon as this returns, and on disk.
+
+        Documents whose id the index already holds are skipped (``BuildReport.skipped``); with
+        ``skip_existing=False`` they, or an id repeated among ``docs``, raise DuplicateIdError
+        instead and nothing is added (checked under the lock, against what other processes committed).
+        """
         with self._lock:
+            if not skip_existing:
+                docs = list(docs)
+                self.index.refresh()
+                dup = self.index.duplicate_ids(d.id for d in docs)
+                if dup:
+                    raise DuplicateIdError(dup, self.index.path)
             return add_documents(self.model, self.index, docs, batch_size=batch_size, progress=False)

@@ -14,9 +14,10 @@ use never overlaps and the event loop stays free to accept requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from . import tokens
 from .data.corpus import Document, chunk_document
+from .index.store import DuplicateIdError
 from .io import DataError
 from .rag import Answer, ClaraRAG
 
@@ -46,6 +48,7 @@ class ServerConfig:
     max_documents: int = field(default=256, metadata={"help": "Most documents one POST /v1/documents may add."})
     max_batch: int = field(default=16, metadata={"help": "Most questions answered by one generate call."})
     max_wait_ms: float = field(default=10.0, metadata={"help": "How long the first ask waits for company."})
+    read_only: bool = field(default=False, metadata={"help": "Refuse POST /v1/documents (403)."})
 
 
 # ---------------------------------------------------------------------- request / response bodies
@@ -277,6 +280,8 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/documents", response_model=DocumentsResponse)
     async def add_documents(body: DocumentsRequest) -> DocumentsResponse:
         """Compress and add documents; searchable on return, and kept on disk across restarts."""
+        if config.read_only:
+            raise HTTPException(403, "this server is read-only (the demo index, or --read-only): documents cannot be added")
         if len(body.documents) > config.max_documents:
             raise HTTPException(413, f"{len(body.documents)} documents; at most {config.max_documents} per request")
         blank = [d.id for d in body.documents if not d.text.strip()]
@@ -298,11 +303,12 @@ def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:
                 raise HTTPException(422, str(e)) from None
             if len(docs) > config.max_documents:
                 raise HTTPException(413, f"{len(docs)} pieces; at most {config.max_documents} per request")
-        ids = [d.id for d in docs]  # as added: the pieces' ids when cut
-        dup = sorted({i for i, n in Counter(ids).items() if n > 1} | {i for i in ids if i in rag.index})
-        if dup:
-            raise HTTPException(409, f"document ids already present or repeated: {dup[:10]}")
-        report = await asyncio.get_running_loop().run_in_executor(executor, rag.add_documents, docs)
+        try:  # ids checked as added (the pieces' when cut), under the model lock against what is committed
+            report = await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(rag.add_documents, docs, skip_existing=False)
+            )
+        except DuplicateIdError as e:
+            raise HTTPException(409, f"document ids already present or repeated: {e.ids[:10]}") from None
         return DocumentsResponse(added=report.added, total=report.total, truncated=report.truncated)
 
     return app

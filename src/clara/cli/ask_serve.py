@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .index import DEFAULT_NPROBE, MODEL_HELP, fail, load_model
 
@@ -40,14 +41,15 @@ def open_index(model: "ClaraModel", model_path: Optional[str], index_dir: Option
 
 
 def print_answer(answer: "Answer", gold: Optional[str] = None, show_answer: bool = True) -> None:
-    console.rule(f"[bold]{answer.question}")
+    # questions, answers and corpus text are data, not Rich markup ("[/INST]" would raise, "[film]" vanish)
+    console.rule(Text(answer.question, style="bold"))
     if show_answer:
-        console.print(f"[bold green]{answer.answer or '(empty answer)'}[/]")
+        console.print(Text(answer.answer or "(empty answer)", style="bold green"))
     if gold is not None:
-        console.print(f"[dim]expected: {gold}[/]")
+        console.print(Text(f"expected: {gold}", style="dim"))
     table = Table("rank", "score", "id", "title")
     for i, s in enumerate(answer.sources, 1):
-        table.add_row(str(i), f"{s.score:.4f}", s.id, s.title)
+        table.add_row(str(i), f"{s.score:.4f}", Text(s.id), Text(s.title))
     console.print(table)
 
 
@@ -73,6 +75,10 @@ def register(app: typer.Typer) -> None:
         from ..demo import demo_questions
         from ..rag import ClaraRAG
 
+        if question is not None and demo:
+            fail("give either a QUESTION or --demo (the demo questions), not both")
+        if stream and as_json:
+            fail("--stream prints the answer as it comes; --json prints it once at the end: choose one")
         if question is None and index_dir is not None and not demo:
             # the demo questions are about the demo corpus: asked of another index they mean nothing
             fail(f"give a QUESTION to ask of {index_dir} (--demo answers the demo questions over the demo corpus)")
@@ -116,6 +122,7 @@ def register(app: typer.Typer) -> None:
         premerge: Optional[bool] = typer.Option(
             None, "--premerge/--no-premerge", help="Keep merged LoRA weights for fast questions (default: on up to 3B parameters)."
         ),
+        read_only: bool = typer.Option(False, "--read-only", help="Refuse POST /v1/documents (always so for the demo index)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
     ) -> None:
         """Serve ask/retrieve/documents over HTTP (OpenAPI docs at /docs)."""
@@ -134,8 +141,10 @@ def register(app: typer.Typer) -> None:
         except (DataError, ValueError) as e:
             fail(e)
         # the defaults given here must be allowed to the requests that rely on them
-        limits = ServerConfig(max_batch=max_batch)
+        # the demo index is a shared cache that `clara ask` also reads: documents added to it would stay
+        limits = ServerConfig(max_batch=max_batch, read_only=read_only or index_dir is None)
         limits.max_k, limits.max_new_tokens = max(limits.max_k, k), max(limits.max_new_tokens, max_new_tokens)
         app_ = create_app(rag, limits)
-        console.print(f"serving {len(index)} documents from {index.path} on http://{host}:{port} (docs: /docs)")
+        mode = " (read-only)" if limits.read_only else ""
+        console.print(Text(f"serving {len(index)} documents{mode} from {index.path} on http://{host}:{port} (docs: /docs)"))
         uvicorn.run(app_, host=host, port=port, log_level="info")

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _inspect(kind: str, text: str, checkpoint: Optional[Path], backbone: Optiona
     for i in range(top_k):
         table.add_column(f"top {i + 1}")
     for s in slots:
-        table.add_row(str(s.slot), *[f"{t!r} {p:.2f}" for t, p in zip(s.tokens, s.probs)])
+        table.add_row(str(s.slot), *[Text(f"{t!r} {p:.2f}") for t, p in zip(s.tokens, s.probs)])
     console.print(table)
 
 

@@ -8,6 +8,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
+
+from .index import fail
 
 console = Console()
 
@@ -64,10 +67,9 @@ def eval_command(
         )
         run_eval(cfg)
     except (DataError, ValueError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        fail(e)
     console.print(Markdown((out / "results.md").read_text()))
-    console.print(f"[green]wrote[/green] {out}/ (config.json, predictions.jsonl, metrics.json, results.md, *.png)")
+    console.print(f"[green]wrote[/green] {escape(str(out))}/ (config.json, predictions.jsonl, metrics.json, results.md, *.png)")
 
 
 def register(app: typer.Typer) -> None:

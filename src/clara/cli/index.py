@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from ..data.corpus import Document
@@ -33,10 +34,15 @@ def load_model(path: Optional[str], device: str = "auto", index_dir: Optional[Pa
     Returns the model and the checkpoint path to record in a new index (None = default).
     """
     from ..checkpoint import CheckpointError
+    from ..index.store import MANIFEST, read_manifest
+    from ..io import DataError
     from ..model import ClaraModel
 
-    if path is None and index_dir is not None and (index_dir / "manifest.json").is_file():
-        recorded = json.loads((index_dir / "manifest.json").read_text()).get("model_path")
+    if path is None and index_dir is not None and (index_dir / MANIFEST).is_file():
+        try:
+            recorded = read_manifest(index_dir).get("model_path")
+        except DataError as e:
+            fail(e)
         if recorded and Path(recorded).is_dir():
             path = recorded
     try:
@@ -100,12 +106,13 @@ def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap:
         report = add_documents(model, index, docs, batch_size=batch_size, progress=True, total=total)
     except DataError as e:
         fail(e)
-    console.print(
-        f"added {report.added} documents ({report.docs_per_second:.1f} docs/s), skipped {report.skipped} "
-        f"already present; index {index.path} holds {report.total}"
-        + (f" [yellow]({report.truncated} added documents cut to doc_max_len tokens; --chunk splits them)[/yellow]"
-           if report.truncated else "")
-    )
+    line = Text(f"added {report.added} documents ({report.docs_per_second:.1f} docs/s), skipped {report.skipped} "
+                f"already present; index {index.path} holds {report.total}")
+    if report.truncated:
+        # a piece still too long after chunking is one unbroken run of text (no spaces to cut at)
+        hint = "--chunk splits them" if not chunk and not corpus.is_dir() else "pieces without spaces to cut at"
+        line.append(f" ({report.truncated} added documents cut to doc_max_len tokens; {hint})", style="yellow")
+    console.print(line)
 
 
 @index_app.command("build")
@@ -187,7 +194,7 @@ def stats(
     else:
         table = Table(show_header=False)
         for key, value in info.items():
-            table.add_row(key, str(value))
+            table.add_row(key, Text(str(value)))
         console.print(table)
     if verify and info["problems"]:
         raise typer.Exit(1)
@@ -210,7 +217,7 @@ def compact(
     except DataError as e:
         fail(e)
     after = len(index.shards)
-    console.print(f"{index.path}: {after + removed} shards -> {after} ({len(index)} documents)")
+    console.print(Text(f"{index.path}: {after + removed} shards -> {after} ({len(index)} documents)"))
 
 
 @index_app.command("search")
@@ -248,7 +255,7 @@ def search(
         return
     table = Table("rank", "score", "id", "title", "text")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), f"{h['score']:.4f}", h["id"], h["title"], h["text"][:80])
+        table.add_row(str(i), f"{h['score']:.4f}", Text(h["id"]), Text(h["title"]), Text(h["text"][:80]))
     console.print(table)
 
 

@@ -60,23 +60,29 @@ def chunk_words(text: str, size: int, overlap: int, count: Callable[[str], int] 
     """
     if overlap >= size:
         raise ValueError(f"overlap ({overlap}) must be smaller than size ({size})")
-    words: list[tuple[int, str]] = []
+    words: list[tuple[int, str, str]] = []  # (offset, word, what joins it to the previous word)
+    cost: list[int] = []  # tokens per word, measured once: pieces are cut at word boundaries
     pos = 0
     for w in text.split():
         pos = text.index(w, pos)
-        words.append((pos, w))
+        c = max(1, count(" " + w)) if count else 1
+        if c <= size:
+            words.append((pos, w, " "))
+            cost.append(c)
+        else:  # an unbroken run longer than a piece (CJK text, a URL, base64): cut inside it
+            for i, (off, part) in enumerate(_cut_run(w, size, count)):
+                words.append((pos + off, part, " " if i == 0 else ""))
+                cost.append(max(1, count(" " + part)))
         pos += len(w)
     if not words:
         return []
-    # tokens per word, measured once: pieces are cut at word boundaries
-    cost = [max(1, count(" " + w)) if count else 1 for _, w in words]
     chunks, start = [], 0
     while start < len(words):
         end, total = start, 0
         while end < len(words) and (total + cost[end] <= size or end == start):
             total += cost[end]
             end += 1
-        chunks.append((words[start][0], " ".join(w for _, w in words[start:end])))
+        chunks.append((words[start][0], words[start][1] + "".join(sep + w for _, w, sep in words[start + 1 : end])))
         if end >= len(words):
             break
         back, kept = end, 0  # step back so the next chunk starts `overlap` tokens early
@@ -85,6 +91,19 @@ def chunk_words(text: str, size: int, overlap: int, count: Callable[[str], int] 
             kept += cost[back]
         start = back
     return chunks
+
+
+def _cut_run(word: str, size: int, count: Callable[[str], int]) -> list[tuple[int, str]]:
+    """Cut one whitespace-free run into (offset, part) pieces of at most ``size`` tokens each."""
+    parts, i = [], 0
+    while i < len(word):
+        rest = word[i:]
+        n = max(1, len(rest) * size // max(1, count(" " + rest)))  # characters per token, estimated
+        while n > 1 and count(" " + rest[:n]) > size:
+            n = max(1, n * 7 // 8)
+        parts.append((i, rest[:n]))
+        i += n
+    return parts
 
 
 def read_corpus(
@@ -118,9 +137,15 @@ def read_corpus(
         yield doc
 
 
-def _text_budget(title: str, size: int, count: Callable[[str], int] | None) -> int:
+def _text_budget(title: str, size: int, overlap: int, count: Callable[[str], int] | None, what: str) -> int:
     """Tokens left for text once the compressor has read the title ("title\ntext", Document.full_text)."""
-    return size - (count(f"{title}\n") if count else 1) if title else size
+    budget = size - (count(f"{title}\n") if count else 1) if title else size
+    if budget <= overlap:  # each piece would advance by a word or two: thousands of near-copies
+        raise DataError(
+            f"{what}: its title leaves {max(budget, 0)} of {size} tokens for text, not more than the "
+            f"{overlap}-token chunk overlap; shorten the title or lower the overlap"
+        )
+    return budget
 
 
 def chunk_document(
@@ -129,12 +154,7 @@ def chunk_document(
     """``doc`` itself if its full text fits in ``size`` tokens, else its text cut into overlapping pieces."""
     if (count(doc.full_text()) if count else len(doc.full_text().split())) <= size:
         return [doc]
-    budget = _text_budget(doc.title, size, count)
-    if budget <= overlap:  # each piece would advance by a word or two: thousands of near-copies
-        raise DataError(
-            f"document {doc.id!r}: its title leaves {max(budget, 0)} of {size} tokens for text, not more than the "
-            f"{overlap}-token chunk overlap; shorten the title or lower the overlap"
-        )
+    budget = _text_budget(doc.title, size, overlap, count, f"document {doc.id!r}")
     return [
         Document(
             id=f"{doc.id}#{offset}", text=piece, title=doc.title, meta={**doc.meta, "parent": doc.id, "offset": offset}
@@ -151,7 +171,7 @@ def _read(path: Path, chunk_size: int, overlap: int, count: Callable[[str], int]
         for f in files:
             rel = f.relative_to(path).as_posix()
             text = f.read_text(encoding="utf-8", errors="replace")
-            budget = max(overlap + 1, _text_budget(f.stem, chunk_size, count))
+            budget = _text_budget(f.stem, chunk_size, overlap, count, str(f))
             for offset, piece in chunk_words(text, budget, overlap, count):
                 yield Document(id=f"{rel}#{offset}", text=piece, title=f.stem, meta={"file": rel, "offset": offset})
         return

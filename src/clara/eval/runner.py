@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..data.corpus import Document, read_corpus
 from ..data.qa import QAExample, load_qa
-from ..io import append_jsonl, atomic_write_json, read_jsonl
+from ..io import DataError, append_jsonl, atomic_write_json, read_jsonl
 from .metrics import ANSWER_METRICS, answer_scores, mean, recall_at_k
 from .readers import ClaraReader, TextReader
 from .retrievers import BM25Retriever, ClaraRetriever, GoldRetriever, MiniLMRetriever, Retriever, top_k
@@ -114,8 +114,15 @@ class EvalConfig:
             raise ValueError(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
         if any(SYSTEMS[s][1] == "text-lora" for s in self.systems) and not self.text_checkpoint and not self.retrieval_only:
             raise ValueError("the *-text-lora systems need text_checkpoint (a checkpoint trained by `clara train text`)")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        for name in ("top_k", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for all questions), got {self.limit}")
+        if self.pool_corpus and self.setting != "normal":
+            raise ValueError("pool_corpus adds documents to the normal setting's pool; the oracle setting ranks each "
+                             "question's own candidates (use setting='normal')")
+        _labels(self.checkpoints)  # two checkpoints with one name would share their predictions
 
 
 @dataclass
@@ -163,8 +170,18 @@ def candidates(examples: Sequence[QAExample], setting: str, extra: Sequence[Docu
 
 
 # ---------------------------------------------------------------------- systems
-def _label(checkpoint: str) -> str:
-    return "default" if checkpoint in ("default", "") else Path(checkpoint).name
+def _labels(checkpoints: Sequence[str]) -> list[str]:
+    """Short, distinct names for the checkpoints: the folder name, with parents added where two
+    share it (``clara train`` writes every run to ``OUTPUT_DIR/final``)."""
+    paths = ["default" if c in ("default", "") else str(Path(c)) for c in checkpoints]
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"checkpoint given twice: {sorted(p for p in set(paths) if paths.count(p) > 1)}")
+    depth = 1
+    while True:
+        labels = [p if p == "default" else "/".join(Path(p).parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels) or depth > max(len(Path(p).parts) for p in paths):
+            return labels
+        depth += 1
 
 
 def load_models(cfg: EvalConfig) -> tuple[list[tuple[str, "ClaraModel"]], "ClaraModel | None"]:
@@ -176,10 +193,10 @@ def load_models(cfg: EvalConfig) -> tuple[list[tuple[str, "ClaraModel"]], "Clara
     models = []
     if needs_clara:
         score = {"retrieval_score": cfg.retrieval_score} if cfg.retrieval_score else {}
-        for ckpt in cfg.checkpoints:
+        for ckpt, label in zip(cfg.checkpoints, _labels(cfg.checkpoints)):
             path = None if ckpt == "default" else ckpt
             model = ClaraModel.from_pretrained(path, backbone=cfg.backbone, device=cfg.device, **score)
-            models.append((_label(ckpt), model))
+            models.append((label, model))
     if models:
         return models, models[0][1]
     if cfg.retrieval_only or all(SYSTEMS[s][1] != "text" for s in cfg.systems):
@@ -393,12 +410,34 @@ def _check_resume_weights(out: Path, weights: dict[str, str]) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text()).get("weights_sha256", {})
-    changed = sorted(label for label, sha in weights.items() if label in old and old[label] != sha)
+    changed = {label for label, sha in weights.items() if label in old and old[label] != sha}
+    if len(weights) == 1 and len(old) == 1 and list(weights.values()) != list(old.values()):
+        changed |= set(weights)  # one checkpoint's systems are named without its label ('clara'): any change collides
+    changed = sorted(changed)
     if changed:
         raise ValueError(
             f"{out} holds predictions of other weights under the checkpoint label(s) {', '.join(changed)}; "
             "use another --out folder"
         )
+
+
+def split_ids(path: str | Path) -> set[str]:
+    """Question ids of a splits file: ``{"name": {"ids": [...]}, ...}`` (splits/dev.json) or a plain list."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if isinstance(data, list):
+        entries = [data]
+    elif isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+        entries = [v.get("ids", []) for v in data.values()]
+    else:
+        raise DataError(f"{file}: expected a list of ids or {{name: {{\"ids\": [...]}}}} as splits/dev.json")
+    for ids in entries:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{file}: 'ids' must be a list of strings")
+    return {i for ids in entries for i in ids}
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
@@ -413,7 +452,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     examples = load_qa(cfg.data, cfg.fmt, corpus=cfg.corpus, negatives=cfg.negatives,
                        unanswerable=cfg.unanswerable, seed=cfg.seed)
     if cfg.split:
-        keep = {i for entry in json.loads(Path(cfg.split).read_text()).values() for i in entry.get("ids", [])}
+        keep = split_ids(cfg.split)
         examples = [ex for ex in examples if ex.id in keep]
     examples = examples[: cfg.limit] if cfg.limit is not None else examples
     if not examples:

@@ -8,11 +8,12 @@
 from .build import BuildReport, add_documents, open_or_create
 from .fingerprint import model_fingerprint
 from .search import AnnConfig, Searcher, build_ann, exact_search, recall_at_k
-from .store import MemoryIndex, MemoryIndexError
+from .store import DuplicateIdError, MemoryIndex, MemoryIndexError
 
 __all__ = [
     "AnnConfig",
     "BuildReport",
+    "DuplicateIdError",
     "MemoryIndex",
     "MemoryIndexError",
     "Searcher",

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,32 @@ STORAGE_DTYPES = ("float16", "int8")
 
 class MemoryIndexError(DataError):
     """An index folder that cannot be used as asked (missing, corrupt, or from another model)."""
+
+
+class DuplicateIdError(MemoryIndexError):
+    """Documents whose ids the index already holds, or that repeat an id among themselves."""
+
+    def __init__(self, ids: Sequence[str], path: str | Path) -> None:
+        self.ids = sorted(set(ids))
+        shown = ", ".join(repr(i) for i in self.ids[:10]) + (" ..." if len(self.ids) > 10 else "")
+        super().__init__(f"document ids already in the index {path} or repeated: {shown}")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """An index folder's manifest, checked to be one this version reads (errors name the file and line)."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise MemoryIndexError(f"{path} is not a CLaRa index (no {MANIFEST}); build one with `clara index build`")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MemoryIndexError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MemoryIndexError(f"{file} is not a {FORMAT} manifest")
+    if int(manifest.get("format_version", -1)) > FORMAT_VERSION:
+        raise MemoryIndexError(f"{file}: format_version {manifest['format_version']} is newer than this clara-rag reads")
+    return manifest
 
 
 @dataclass
@@ -202,19 +228,7 @@ class MemoryIndex:
     @classmethod
     def open(cls, path: str | Path) -> "MemoryIndex":
         """Open an existing index folder (states stay on disk, memory-mapped)."""
-        path = Path(path)
-        file = path / MANIFEST
-        if not file.is_file():
-            raise MemoryIndexError(f"{path} is not a CLaRa index (no {MANIFEST}); build one with `clara index build`")
-        try:
-            manifest = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise MemoryIndexError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        if manifest.get("format") != FORMAT:
-            raise MemoryIndexError(f"{file} is not a {FORMAT} manifest")
-        if int(manifest.get("format_version", -1)) > FORMAT_VERSION:
-            raise MemoryIndexError(f"{file}: format_version {manifest['format_version']} is newer than this clara-rag reads")
-        return cls(path, manifest)
+        return cls(Path(path), read_manifest(path))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -251,6 +265,16 @@ class MemoryIndex:
 
     def row_of(self, doc_id: str) -> int:
         return self._row_of[doc_id]
+
+    def duplicate_ids(self, ids: Iterable[str]) -> list[str]:
+        """The ids among ``ids`` that this index already holds (as last refreshed) or that repeat, sorted."""
+        seen: set[str] = set()
+        dup = set()
+        for i in ids:
+            if i in self._row_of or i in seen:
+                dup.add(i)
+            seen.add(i)
+        return sorted(dup)
 
     # ------------------------------------------------------------------ model check
     def check_model(self, model: Any) -> None:
@@ -403,11 +427,9 @@ class MemoryIndex:
         readout = None if readout is None else _as_float32(readout, expect, "readout")
         with self._write_lock():
             self.refresh()
-            seen: set[str] = set()
-            for d in docs:
-                if d.id in self._row_of or d.id in seen:
-                    raise MemoryIndexError(f"document id {d.id!r} is already in the index {self.path}")
-                seen.add(d.id)
+            dup = self.duplicate_ids(d.id for d in docs)
+            if dup:
+                raise DuplicateIdError(dup, self.path)
             size = int(self.manifest["shard_size"])
             for start in range(0, len(docs), size):
                 part = slice(start, start + size)
