@@ -165,12 +165,14 @@ class MicroBatcher:
                     continue
                 questions, ks = [it[0] for it in live], [it[1] for it in live]
                 answers: list[Answer | Exception]
+                calls = 1
                 try:
                     answers = list(await loop.run_in_executor(self.executor, self.rag.ask_batch, questions, ks, max_new))
                 except Exception as e:  # noqa: BLE001 - handed to the waiting request(s)
                     log.exception("ask batch of %d failed", len(live))
                     # one bad question must not fail the others: answer them one at a time
                     answers = [e] if len(live) == 1 else await self._one_by_one(questions, ks, max_new)
+                    calls += len(live) if len(live) > 1 else 0
                 for it, answer in zip(live, answers):
                     if it[3].done():
                         continue
@@ -180,7 +182,7 @@ class MicroBatcher:
                         it[3].set_result(answer)
                 ok = sum(not isinstance(a, Exception) for a in answers)
                 self.stats["asks"] += ok
-                self.stats["generate_calls"] += 1
+                self.stats["generate_calls"] += calls
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
 
 

@@ -209,6 +209,7 @@ def build_systems(
     cfg: EvalConfig, models: Sequence[tuple[str, "ClaraModel"]], base: "ClaraModel | None"
 ) -> list[System]:
     """Instantiate the requested systems; CLaRa-based ones once per checkpoint."""
+    from ..backbone import resolve_device
     from ..model import ClaraModel
 
     systems: list[System] = []
@@ -232,8 +233,10 @@ def build_systems(
                 retriever = None
             else:
                 if retriever_kind not in shared:
-                    shared[retriever_kind] = {"bm25": BM25Retriever, "minilm": MiniLMRetriever,
-                                              "gold": GoldRetriever}[retriever_kind]()
+                    shared[retriever_kind] = (
+                        MiniLMRetriever(device=str(resolve_device(cfg.device))) if retriever_kind == "minilm"
+                        else {"bm25": BM25Retriever, "gold": GoldRetriever}[retriever_kind]()
+                    )
                 retriever = shared[retriever_kind]
             reader = None
             if not cfg.retrieval_only:
