@@ -184,6 +184,26 @@ def test_control_tokens_in_documents_are_read_as_text(backbones):
     assert states.shape == (1, model.config.n_mem, model.hidden_size) and torch.isfinite(states).all()
 
 
+def test_backbone_special_tokens_in_questions_are_read_as_text(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    eos = model.tokenizer.eos_token_id
+    plain, special = "What does x mean?", f"What does {model.tokenizer.eos_token} mean?"
+    prompts = model.answer_prompts([plain, special], [1, 1])
+    ids_plain, ids_special = model._tokenize_prompts(prompts, [plain, special])
+    # the eos typed in the question is text: the prompt holds only the template's own eos tokens
+    assert ids_special.count(eos) == ids_plain.count(eos)
+    assert model._tokenize_prompts(prompts[:1])[0] == ids_plain  # other prompts: tokenized as before
+    n, h = model.config.n_mem, model.hidden_size
+    assert len(model.generate([special], [torch.zeros(1, n, h)], max_new_tokens=2)) == 1
+
+
+def test_empty_batches_compress_to_empty_tensors(backbones):
+    model = ClaraModel.from_backbone(tiny_config(backbones["llama"]))
+    assert model.compress([]).shape == (0, model.config.n_mem, model.hidden_size)
+    q = model.encode_query(["a question?"])
+    assert model.score(q, model.compress([])).shape == (1, 0)
+
+
 def test_long_documents_truncated_and_logged(backbones, caplog):
     model = ClaraModel.from_backbone(tiny_config(backbones["qwen2"]))
     long_doc = " ".join(["word"] * 500)

@@ -18,7 +18,7 @@ from clara.synth.parse import (
     parse_verdicts,
 )
 from clara.synth.prompts import Prompts, load_prompts, render
-from clara.synth.teacher import TeacherUnavailable, with_retries
+from clara.synth.teacher import OpenAITeacher, TeacherConfig, TeacherRejected, TeacherUnavailable, with_retries
 
 
 def test_extract_json_from_fences_prose_and_trailing_commas():
@@ -43,6 +43,18 @@ def test_qa_pairs_formats():
     # plain "Question:/Answer:" lines when there is no JSON
     text = "1. Question: Where is it?\nAnswer: Paris\n2. Question: When?\nAnswer: 1889\n"
     assert parse_qa_pairs(text)[0] == [QAPair("Where is it?", "Paris"), QAPair("When?", "1889")]
+
+
+def test_questions_in_any_script_are_kept_and_deduplicated():
+    pairs, dropped = parse_qa_pairs(json.dumps([
+        {"question": "Кто написал Гамлета?", "answer": "Шекспир"},
+        {"question": "кто написал гамлета", "answer": "Шекспир"},  # the same question, case and punctuation aside
+        {"question": "谁写了哈姆雷特？", "answer": "莎士比亚"},
+        {"question": "In 1917?", "answer": "yes"},
+        {"question": "What happened in 1917?", "answer": "a revolution"},
+    ], ensure_ascii=False))
+    assert [p.question for p in pairs] == ["Кто написал Гамлета?", "谁写了哈姆雷特？", "In 1917?", "What happened in 1917?"]
+    assert dropped == 0
 
 
 def test_qa_pairs_broken():
@@ -72,6 +84,10 @@ def test_faithful():
     assert parse_faithful('```json\n{"faithful": "yes"}\n```') is True
     assert parse_faithful("Yes, it keeps every fact.") is True
     assert parse_faithful("No. It adds a date.") is False
+    assert parse_faithful('{"faithful": "no, it adds a date"}') is False
+    for unsure in ('{"faithful": "partially"}', '{"faithful": null}', '{"verdict": "mostly"}'):
+        with pytest.raises(ParseError):  # not a yes: re-asked, never read as the key's first word
+            parse_faithful(unsure)
     with pytest.raises(ParseError):
         parse_faithful("The text is mostly similar.")
 
@@ -141,3 +157,22 @@ def test_with_retries_backoff_then_gives_up():
     with pytest.raises(ValueError):
         with_retries(lambda: (_ for _ in ()).throw(ValueError("bad request")), (ConnectionError,), 3, 0.5, sleep=waits.append)
     assert len(waits) == 2
+
+
+def test_openai_teacher_maps_refusals_to_one_document_and_bad_keys_to_the_run():
+    import httpx
+    import openai
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        status = int(request.headers["x-status"])
+        return httpx.Response(status, json={"error": {"message": f"status {status}", "type": "x"}})
+
+    teacher = OpenAITeacher(TeacherConfig(base_url="http://teacher.invalid/v1", model="m", max_retries=0))
+    for status, raised in ((400, TeacherRejected), (413, TeacherRejected), (422, TeacherRejected),
+                           (401, openai.AuthenticationError), (404, openai.NotFoundError)):
+        teacher.client = openai.OpenAI(
+            base_url="http://teacher.invalid/v1", api_key="x", max_retries=0,
+            http_client=httpx.Client(transport=httpx.MockTransport(reply)), default_headers={"x-status": str(status)},
+        )
+        with pytest.raises(raised):
+            teacher.complete([{"role": "user", "content": "hi"}], 4, 0)

@@ -17,7 +17,7 @@ from clara.data.corpus import Document
 from clara.io import read_jsonl
 from clara.synth.pipeline import SynthConfig, done_ids, log_path, run_synth, summary_path
 from clara.synth.prompts import Prompts
-from clara.synth.teacher import TeacherUnavailable
+from clara.synth.teacher import TeacherRejected, TeacherUnavailable
 
 P = Prompts()
 DOCS = [
@@ -165,6 +165,63 @@ def test_teacher_down_leaves_documents_undone(tmp_path):
     # documents already in flight when the second failure stops the run still finish (and fail):
     # with one worker the window holds two, so d3 was submitted when d1 failed
     assert json.loads(summary_path(out).read_text())["failed_documents"] == 3
+
+
+def test_a_rejected_request_fails_its_document_not_the_run(tmp_path):
+    class Picky(RuleTeacher):
+        def complete(self, messages, max_tokens, temperature):
+            if "Everest" in messages[-1]["content"]:  # e.g. a server's 400: over its context length
+                raise TeacherRejected("teacher refused the request (400): too long")
+            return super().complete(messages, max_tokens, temperature)
+
+    out = tmp_path / "scp.jsonl"
+    summary = run_synth(DOCS, Picky(), out, SynthConfig(workers=2), P)
+    assert done_ids(out) == {"d1", "d2"} and summary.failed_documents == 1 and summary.new_documents == 2
+    # a rerun tries the refused document again, and only it
+    t = RuleTeacher()
+    again = run_synth(DOCS, t, out, SynthConfig(workers=2), P)
+    assert again.new_documents == 1 and done_ids(out) == {"d1", "d2", "d3"}
+    assert all("Everest" in k for k in t.calls)
+
+
+def test_a_fatal_teacher_error_stops_the_run_and_keeps_the_summary(tmp_path):
+    class BadKey(RuleTeacher):
+        def complete(self, messages, max_tokens, temperature):
+            raise PermissionError("401: invalid API key")
+
+    out = tmp_path / "scp.jsonl"
+    with pytest.raises(PermissionError, match="invalid API key"):
+        run_synth(DOCS, BadKey(), out, SynthConfig(workers=1), P)
+    assert done_ids(out) == set() and summary_path(out).is_file()
+
+
+def test_ctrl_c_finishes_the_documents_in_flight_and_drops_the_queued(tmp_path, monkeypatch):
+    import clara.synth.pipeline as pipeline
+
+    release = threading.Event()
+
+    class Slow(RuleTeacher):
+        def complete(self, messages, max_tokens, temperature):
+            release.wait(30)  # d1 is in flight when Ctrl-C comes
+            return super().complete(messages, max_tokens, temperature)
+
+    real_wait, calls = pipeline.wait, []
+
+    def wait(fs, return_when):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while the main thread waits
+        release.set()
+        return real_wait(fs, return_when=return_when)
+
+    monkeypatch.setattr(pipeline, "wait", wait)
+    out = tmp_path / "scp.jsonl"
+    t = Slow()
+    with pytest.raises(KeyboardInterrupt):
+        run_synth(DOCS, t, out, SynthConfig(workers=1), P)
+    assert done_ids(out) == {"d1"}  # its work was kept
+    assert not any("Photosynthesis" in k or "Everest" in k for k in t.calls)  # d2 (queued) never ran
+    assert json.loads(summary_path(out).read_text())["new_documents"] == 1
 
 
 def test_config_validation():

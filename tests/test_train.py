@@ -60,6 +60,12 @@ def test_scp_loss_decreases(tmp_path, backbones):
     assert loaded.config.n_mem == 4
 
 
+def test_fewer_rows_than_a_batch_is_an_error_not_an_endless_loop(tmp_path, backbones):
+    cfg = scp_cfg(tmp_path, backbones["llama"], max_rows=3, batch_size=4)
+    with pytest.raises(ValueError, match="3 training rows make no batch of 4"):
+        train(cfg)
+
+
 def test_top_token_readout_trains_and_refuses_span_targets(tmp_path, backbones):
     """Stage 1 with mem_readout="top_tokens" (r rows per slot) learns, with memory dropout reading
     zeroed states' rows; the span-mean options, which need one row per slot, are refused by name."""

@@ -93,7 +93,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)  # a half-written folder is never visible under the final name
+        if out.exists() and not (out / "config.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a folder left without its config is no conversion
+        try:
+            os.replace(tmp, out)  # a half-written folder is never visible under the final name
+        except OSError:
+            # another process (accelerate launch, a parallel test) converted it first: use theirs
+            if not (out / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

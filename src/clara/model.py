@@ -431,6 +431,8 @@ class ClaraModel(nn.Module):
         return states, (hidden * w).sum(1) / w.sum(1)
 
     def _encode_batched(self, texts: list[str], adapter: str, max_len: int, batch_size: int, progress: bool) -> torch.Tensor:
+        if not texts:  # (0, n_mem, H): callers stack and score it like any other batch
+            return torch.empty(0, self.config.n_mem, self.hidden_size, device=self.device, dtype=self.lm.dtype)
         if len(texts) <= batch_size:
             return self._encode(texts, adapter, max_len)[0]
         # length-bucketed batches: sort by length so each batch pads little, then restore order
@@ -565,8 +567,21 @@ class ClaraModel(nn.Module):
         """Memory states (N, n_mem, H) -> the generator's input rows (N, n_read, H)."""
         return self.read_memory(states.flatten(0, 1)).view(states.shape[0], self.config.n_read, -1)
 
-    def _tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    def _tokenize_prompts(self, prompts: Sequence[str], literal: Sequence[str] | None = None) -> list[list[int]]:
+        """Prompt ids; ``literal[i]`` (a user's question inside ``prompts[i]``) is read as plain text:
+        an "<|im_end|>" typed in a question must not end the chat turn there."""
+        tok = self.tokenizer
+        ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        for i, text in enumerate(literal or ()):
+            as_text = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            at = prompts[i].rfind(text)
+            # only texts that hold a special token's string are cut out, so every other prompt
+            # keeps exactly the tokenization its checkpoint was trained on
+            if at >= 0 and as_text != tok(text, add_special_tokens=False)["input_ids"]:
+                head, tail = prompts[i][:at], prompts[i][at + len(text):]
+                ids[i] = (tok(head, add_special_tokens=False)["input_ids"] + as_text
+                          + tok(tail, add_special_tokens=False)["input_ids"])
+        return ids
 
     def prompt(self, task: str, n_docs: int, question: str | None = None) -> str:
         """A generator prompt (``tokens.TASKS``) in this model's prompt style, with placeholders."""
@@ -655,11 +670,13 @@ class ClaraModel(nn.Module):
         adapter: str | None = "generator",
         streamer: object | None = None,
         pre_read: bool = False,
+        literal: Sequence[str] | None = None,
     ) -> list[str]:
         """Generate from ready prompts whose placeholders are filled with ``doc_states``
-        (with ``pre_read``: rows that already went through :meth:`read_memory`)."""
+        (with ``pre_read``: rows that already went through :meth:`read_memory`; ``literal[i]``:
+        text inside ``prompts[i]`` to read as plain text, special-token strings included)."""
         doc_states = self._check_states(doc_states, len(prompts), "doc_states_per_question", pre_read)
-        embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts), doc_states, pre_read)
+        embeds, mask, input_ids = self._inputs(self._tokenize_prompts(prompts, literal), doc_states, pre_read)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with self._inference_merge(adapter, 0), self.adapter(adapter):
@@ -727,5 +744,6 @@ class ClaraModel(nn.Module):
         states = self._check_states(doc_states_per_question, len(questions), "doc_states_per_question", pre_read)
         prompts = self.answer_prompts(questions, [s.shape[0] for s in states])
         return self.generate_from_prompts(
-            prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer, pre_read=pre_read
+            prompts, states, max_new_tokens, do_sample, temperature, top_p, streamer=streamer, pre_read=pre_read,
+            literal=questions,
         )

@@ -81,7 +81,7 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, n_mem: int) -> Specia
 
 
 def check_texts(texts: object, what: str, control_ok: bool = True) -> list[str]:
-    """Validate a batch of input strings: a non-empty list of non-empty strings.
+    """Validate a batch of input strings: a list (possibly empty) of non-empty strings.
 
     With ``control_ok=False`` a text may not contain CLaRa's control tokens (:data:`CONTROL`):
     questions go into the generator prompt as text, where a literal ``<MEM0>`` would become a

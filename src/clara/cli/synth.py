@@ -26,9 +26,11 @@ def run(
     batch_size: int = typer.Option(8, help="Local teacher: requests per generate() batch."),
     device: str = typer.Option("auto", help="Local teacher device."),
     threads: Optional[int] = typer.Option(None, help="Local teacher on CPU: torch threads."),
+    dtype: str = typer.Option("float32", help="Local teacher weights dtype (bfloat16 or float16 halve the memory)."),
     max_rounds: int = typer.Option(10, help="Verification/coverage rounds per document."),
     max_tokens: int = typer.Option(1024, help="Most tokens per teacher reply."),
     temperature: float = typer.Option(0.7, help="Sampling temperature for writing data."),
+    judge_temperature: float = typer.Option(0.0, help="Temperature for verdicts (0: greedy)."),
     parse_retries: int = typer.Option(2, help="Re-asks after a malformed reply."),
     retries: int = typer.Option(6, help="HTTP retries with exponential backoff."),
     timeout: float = typer.Option(300.0, help="Seconds per HTTP request."),
@@ -37,6 +39,7 @@ def run(
     prompts: Optional[Path] = typer.Option(None, help="YAML/JSON file overriding prompt templates (see docs/synth.md)."),
     limit: Optional[int] = typer.Option(None, help="Process at most this many new documents."),
     max_doc_words: int = typer.Option(400, help="Cut longer documents to this many words."),
+    max_failed_docs: int = typer.Option(20, help="Stop after this many documents in a row fail (teacher down)."),
 ) -> None:
     """Generate verified SCP training rows for every document of CORPUS not yet in OUT."""
     from rich.console import Console
@@ -45,15 +48,17 @@ def run(
     from ..data.corpus import read_corpus
     from ..synth.pipeline import SynthConfig, done_ids, run_synth, summary_path
     from ..synth.prompts import load_prompts
-    from ..synth.teacher import TeacherConfig, make_teacher
+    from ..synth.teacher import TeacherConfig, TeacherUnavailable, make_teacher
+    from .index import fail
 
     cfg = SynthConfig(
         data_types=tuple(t.strip() for t in types.split(",") if t.strip()), max_rounds=max_rounds,
         coverage=not no_coverage, max_tokens=max_tokens, temperature=temperature, parse_retries=parse_retries,
-        workers=workers, max_doc_words=max_doc_words, limit=limit,
+        workers=workers, max_doc_words=max_doc_words, limit=limit, judge_temperature=judge_temperature,
+        max_failed_docs=max_failed_docs,
     )
     tcfg = TeacherConfig(base_url=base_url, model=model, api_key=api_key, timeout=timeout, max_retries=retries,
-                         json_mode=json_mode, device=device, batch_size=batch_size, threads=threads)
+                         json_mode=json_mode, device=device, dtype=dtype, batch_size=batch_size, threads=threads)
     prompt_set = load_prompts(prompts)
     done = done_ids(out) if out.exists() else set()
     # a cheap first pass over the corpus, for the progress bar's total
@@ -69,6 +74,12 @@ def run(
 
     try:
         summary = run_synth(read_corpus(corpus), teacher, out, cfg, prompt_set, progress=progress)
+    except TeacherUnavailable as e:
+        fail(f"{e}; {summary_path(out)} counts what is done")
+    except Exception as e:
+        if type(e).__module__.startswith("openai"):  # a bad key or model name: every request would fail alike
+            fail(f"teacher {base_url}: {type(e).__name__}: {e}")
+        raise
     finally:
         bar.close()
         teacher.close()

@@ -131,7 +131,8 @@ def parse_qa_pairs(text: str) -> tuple[list[QAPair], int]:
 
 
 def normalize_question(q: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", q.lower()).strip()
+    """The dedup key of a question: case-folded letters, digits and spaces of any script."""
+    return " ".join(re.sub(r"[^\w ]|_", " ", q.casefold()).split())
 
 
 def dedupe(pairs: list[QAPair], seen: set[str] | None = None) -> list[QAPair]:
@@ -222,9 +223,16 @@ def parse_faithful(text: str) -> bool:
         data = None
     if isinstance(data, dict):
         low = {str(k).lower(): v for k, v in data.items()}
-        for k in ("faithful", "verdict", "correct", "answer", "result"):
-            if k in low and _as_bool(low[k]) is not None:
-                return bool(_as_bool(low[k]))
+        values = [low[k] for k in ("faithful", "verdict", "correct", "answer", "result") if k in low]
+        for v in values:
+            verdict = _as_bool(v)
+            if verdict is None and isinstance(v, str):  # "no, it adds a date"
+                first_word = re.findall(r"[A-Za-z]+", v)[:1]
+                verdict = _as_bool(first_word[0]) if first_word else None
+            if verdict is not None:
+                return verdict
+        if values:  # judged by its value only: the reply's first word would be the key, "faithful"
+            raise ParseError(f"no yes/no faithfulness verdict in {values[0]!r}")
     elif data is not None and _as_bool(data) is not None:
         return bool(_as_bool(data))
     words = re.findall(r"[A-Za-z]+", text)

@@ -33,7 +33,7 @@ from ..data.corpus import Document
 from ..io import atomic_write_json, read_jsonl
 from .parse import ParseError, QAPair, dedupe, parse_coverage, parse_faithful, parse_paraphrase, parse_qa_pairs, parse_verdicts
 from .prompts import Prompts, render
-from .teacher import Teacher, TeacherUnavailable
+from .teacher import Teacher, TeacherRejected, TeacherUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -346,28 +346,41 @@ def run_synth(
     todo = _pending(docs, done, summary, cfg.limit)
     failed_in_row = 0
     stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="synth") as pool:
-        running: dict[Future, Document] = {}
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="synth")
+    running: dict[Future, Document] = {}
 
-        def fill() -> None:
-            # a bounded window: a 2M-document corpus is streamed, never held as futures
-            while not stop.is_set() and len(running) < 2 * cfg.workers:
-                doc = next(todo, None)
-                if doc is None:
-                    return
-                running[pool.submit(synthesize_document, doc, teacher, prompts, cfg)] = doc
+    def fill() -> None:
+        # a bounded window: a 2M-document corpus is streamed, never held as futures
+        while not stop.is_set() and len(running) < 2 * cfg.workers:
+            doc = next(todo, None)
+            if doc is None:
+                return
+            running[pool.submit(synthesize_document, doc, teacher, prompts, cfg)] = doc
 
+    try:
         fill()
         while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            try:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second Ctrl-C: drop the documents in flight too
+                interrupted = True
+                stop.set()
+                for fut in [f for f in running if f.cancel()]:  # queued, not started
+                    running.pop(fut)
+                log.warning("interrupted: finishing the %d documents in flight to keep their work "
+                            "(Ctrl-C again to drop them; a rerun resumes)", len(running))
+                continue
             for fut in finished:
                 doc = running.pop(fut)
                 try:
                     result = fut.result()
-                except TeacherUnavailable as e:
+                except (TeacherUnavailable, TeacherRejected) as e:
                     summary.failed_documents += 1
                     failed_in_row += 1
-                    log.error("doc %s not done (will be retried by a rerun): %s", doc.id, e)
+                    log.error("doc %s not done (a rerun retries it): %s", doc.id, e)
                     if failed_in_row >= cfg.max_failed_docs:
                         stop.set()
                     continue
@@ -379,7 +392,13 @@ def run_synth(
                 if progress:
                     progress(result)
             fill()
-    atomic_write_json(summary_path(out), summary.to_dict())
+    finally:
+        # on any exit (a fatal teacher error such as a bad API key, Ctrl-C) queued documents are
+        # dropped, not run, and the summary still counts everything committed so far
+        pool.shutdown(wait=False, cancel_futures=True)
+        atomic_write_json(summary_path(out), summary.to_dict())
+    if interrupted:
+        raise KeyboardInterrupt
     if stop.is_set():
         raise TeacherUnavailable(f"{failed_in_row} documents in a row failed; stopping (rerun to resume)")
     return summary

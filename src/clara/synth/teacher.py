@@ -33,6 +33,11 @@ class TeacherUnavailable(RuntimeError):
     """The teacher kept failing after every retry (server down, quota, bad request)."""
 
 
+class TeacherRejected(RuntimeError):
+    """The teacher refused this one request (too long for its context, filtered, a failed local batch):
+    the document fails, the run goes on, and a rerun tries it again."""
+
+
 @dataclass
 class TeacherConfig:
     """How to reach the teacher. ``base_url`` selects a server; otherwise ``model`` is loaded locally."""
@@ -86,13 +91,16 @@ class OpenAITeacher:
         self.cfg = cfg
         # The client's own retries are off: ours log, use jitter, and end in TeacherUnavailable.
         self.client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key, timeout=cfg.timeout, max_retries=0)
-        # 4xx other than 408/409/429 will not succeed on retry (bad model name, bad key): fail at once.
+        # 4xx other than 408/409/429 will not succeed on retry: a request the server refuses for
+        # its content (400, 413, 422: context length, filters) fails its document, while a bad key
+        # or model name (401, 403, 404) propagates and stops the run at once.
         self.retryable = (
             openai.APIConnectionError,  # includes APITimeoutError
             openai.RateLimitError,
             openai.InternalServerError,
             openai.ConflictError,
         )
+        self.api_status_error = openai.APIStatusError
 
     def complete(self, messages: list[Message], max_tokens: int, temperature: float) -> str:
         extra = {"response_format": {"type": "json_object"}} if self.cfg.json_mode else {}
@@ -103,7 +111,12 @@ class OpenAITeacher:
             )
             return resp.choices[0].message.content or ""
 
-        return with_retries(call, self.retryable, self.cfg.max_retries, self.cfg.backoff, what=f"teacher {self.cfg.base_url}")
+        try:
+            return with_retries(call, self.retryable, self.cfg.max_retries, self.cfg.backoff, what=f"teacher {self.cfg.base_url}")
+        except self.api_status_error as e:
+            if e.status_code in (400, 413, 422):
+                raise TeacherRejected(f"teacher {self.cfg.base_url} refused the request ({e.status_code}): {e}") from e
+            raise
 
     def close(self) -> None:
         self.client.close()
@@ -151,7 +164,12 @@ class LocalTeacher:
                 self._thread = threading.Thread(target=self._work, name="local-teacher", daemon=True)
                 self._thread.start()
         self._queue.put(req)
-        return req.future.result()
+        try:
+            return req.future.result()
+        except TeacherUnavailable:
+            raise
+        except Exception as e:  # its generate batch failed (out of memory, a prompt the template refuses)
+            raise TeacherRejected(f"local teacher {self.name}: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
         with self._lock:

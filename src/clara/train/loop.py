@@ -113,6 +113,11 @@ def train_loop(
         raise ValueError("nothing to train: no parameter requires grad")
     opt = torch.optim.AdamW(param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt, loader = acc.prepare(model, opt, loader)
+    if len(loader) == 0:  # drop_last: fewer rows than one batch would loop over empty epochs forever
+        raise ValueError(
+            f"{len(dataset)} training rows make no batch of {cfg.batch_size} per process "
+            f"x {acc.num_processes} processes; lower batch_size or add data"
+        )
     # accelerate also steps at the loader's end, so a short last accumulation is a step of its own
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
