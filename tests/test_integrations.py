@@ -42,3 +42,4 @@ def test_llamaindex_retriever(rag):
     want = rag.retrieve(["Who was Teutberga?"], k=3)[0]
     assert [n.node.node_id for n in nodes] == [s.id for s in want]
     assert [n.score for n in nodes] == pytest.approx([s.score for s in want])
+    assert [n.node.metadata for n in nodes] == [{**s.meta, "title": s.title} for s in want]

@@ -111,7 +111,8 @@ def test_streamer_receives_the_answer(rag):
 
 
 def test_added_documents_are_searched_and_persisted(rag, model, docs):
-    new = [Document(id="new-1", title="Zorbland", text="Zorbland is a fictional island in the Quiet Sea.")]
+    new = [Document(id="new-1", title="Zorbland", text="Zorbland is a fictional island in the Quiet Sea.",
+                    meta={"source": "atlas", "page": 3})]
     report = rag.add_documents(new)
     assert (report.added, report.total) == (1, len(docs) + 1)
     with torch.no_grad():
@@ -121,6 +122,9 @@ def test_added_documents_are_searched_and_persisted(rag, model, docs):
     found = rag.retrieve(["Where is Zorbland?"], k=len(docs) + 1)[0]
     assert [s.id for s in found] == [(docs + new)[i].id for i in want]
     assert "new-1" in MemoryIndex.open(rag.index.path)
+    assert next(s for s in found if s.id == "new-1").meta == {"source": "atlas", "page": 3}  # sources carry it
+    assert rag.ask("Where is Zorbland?", k=len(docs) + 1).to_dict()["sources"][want.index(len(docs))]["meta"] == {
+        "source": "atlas", "page": 3}
 
 
 def test_rag_refuses_index_of_another_model(rag, backbones):

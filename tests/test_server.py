@@ -171,18 +171,23 @@ def test_one_id_added_twice_at_once_or_by_another_process_is_409(setup):
     assert r.status_code == 409 and "other-1" in r.json()["detail"]
 
 
-def test_read_only_server_refuses_documents(setup):
+def test_read_only_server_refuses_documents_and_sources_carry_meta(setup, tmp_path):
     from fastapi.testclient import TestClient
 
     from clara.server import ServerConfig, create_app
 
-    model, root, _ = setup
-    rag = ClaraRAG(model, MemoryIndex.open(root / "idx"), k=3, max_new_tokens=5)
+    model, _, _ = setup
+    index = open_or_create(model, tmp_path / "idx")
+    add_documents(model, index, [Document("a", "Zorbland is an island.", "Zorbland", {"source": "atlas", "page": 3}),
+                                 Document("b", "Paris is in France.", "Paris")], progress=False)
+    rag = ClaraRAG(model, MemoryIndex.open(tmp_path / "idx"), k=2, max_new_tokens=5)
     with TestClient(create_app(rag, ServerConfig(read_only=True))) as client:
         r = client.post("/v1/documents", json={"documents": [{"id": "ro-1", "text": "Not to be kept."}]})
         assert r.status_code == 403 and "read-only" in r.json()["detail"]
-        assert client.post("/v1/retrieve", json={"query": "Who was Teutberga?"}).status_code == 200
-    assert "ro-1" not in MemoryIndex.open(root / "idx")
+        r = client.post("/v1/retrieve", json={"query": "Where is Zorbland?", "k": 2})
+        assert r.status_code == 200
+        assert {h["id"]: h["meta"] for h in r.json()["sources"]} == {"a": {"source": "atlas", "page": 3}, "b": {}}
+    assert "ro-1" not in MemoryIndex.open(tmp_path / "idx")
 
 
 def test_added_documents_searchable_and_survive_restart(setup):

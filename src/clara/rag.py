@@ -40,6 +40,7 @@ class Source:
     title: str
     score: float
     text: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # the record's other fields (source, parent, offset, ...)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class ClaraRAG:
             keep = [(int(r), float(s)) for r, s in zip(rows[b], scores[b]) if int(r) >= 0]
             kept_rows.append([r for r, _ in keep])
             docs = [self.index.document(r) for r, _ in keep]
-            sources.append([Source(d.id, d.title, round(s, 6), d.text) for d, (_, s) in zip(docs, keep)])
+            sources.append([Source(d.id, d.title, round(s, 6), d.text, d.meta) for d, (_, s) in zip(docs, keep)])
         return sources, kept_rows, {"encode": t1 - t0, "search": t2 - t1}
 
     @torch.no_grad()

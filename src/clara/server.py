@@ -1,7 +1,7 @@
 """HTTP API over a ClaraRAG: ask, retrieve, add documents, health. OpenAPI docs at /docs.
 
-    POST /v1/ask        {"question", "k"?, "max_new_tokens"?}  -> answer + sources
-    POST /v1/retrieve   {"query", "k"?}                        -> sources
+    POST /v1/ask        {"question", "k"?, "max_new_tokens"?}  -> answer + sources (id, title, score, meta)
+    POST /v1/retrieve   {"query", "k"?}                        -> sources, with their text
     POST /v1/documents  {"documents": [{"id", "text", "title"?, "meta"?}]}  -> added, total
     GET  /health        status, document count, batching counters
 
@@ -68,6 +68,7 @@ class SourceOut(BaseModel):
     title: str
     score: float
     text: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict, description="The document record's other fields.")
 
 
 class AskResponse(BaseModel):
@@ -188,7 +189,8 @@ class MicroBatcher:
 
 # ---------------------------------------------------------------------- app
 def _sources(answer_sources: list[Any], with_text: bool) -> list[SourceOut]:
-    return [SourceOut(id=s.id, title=s.title, score=s.score, text=s.text if with_text else None) for s in answer_sources]
+    return [SourceOut(id=s.id, title=s.title, score=s.score, text=s.text if with_text else None, meta=s.meta)
+            for s in answer_sources]
 
 
 def create_app(rag: ClaraRAG, config: ServerConfig | None = None) -> FastAPI:

@@ -23,9 +23,7 @@ class ClaraRetriever(BaseRetriever):
     k: int = 5
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
-        sources = self.rag.retrieve([query], k=self.k)[0]
-        out = []
-        for s in sources:
-            meta = self.rag.index.document(self.rag.index.row_of(s.id)).meta
-            out.append(LCDocument(page_content=s.text, id=s.id, metadata={**meta, "id": s.id, "title": s.title, "score": s.score}))
-        return out
+        return [
+            LCDocument(page_content=s.text, id=s.id, metadata={**s.meta, "id": s.id, "title": s.title, "score": s.score})
+            for s in self.rag.retrieve([query], k=self.k)[0]
+        ]

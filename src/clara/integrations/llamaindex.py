@@ -25,6 +25,6 @@ class ClaraLlamaRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         sources = self.rag.retrieve([query_bundle.query_str], k=self.k)[0]
         return [
-            NodeWithScore(node=TextNode(id_=s.id, text=s.text, metadata={"title": s.title}), score=s.score)
+            NodeWithScore(node=TextNode(id_=s.id, text=s.text, metadata={**s.meta, "title": s.title}), score=s.score)
             for s in sources
         ]
