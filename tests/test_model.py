@@ -152,6 +152,11 @@ def test_load_errors(backbones, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="different backbone"):
         ClaraModel.from_pretrained(tmp_path / "ckpt", backbone=str(backbones["mistral"]))
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    meta["clara_config"]["compresion_ratio"] = 8  # a hand edit's typo
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"ckpt/config.json: clara_config: unknown ClaraConfig fields: compresion_ratio"):
+        ClaraModel.from_pretrained(tmp_path / "ckpt")
 
 
 def test_bad_inputs(backbones):

@@ -201,11 +201,17 @@ def load_checkpoint(
 
         return load_apple_checkpoint(cls, folder, backbone=backbone, **overrides)
     meta = read_meta(folder)
+    if not isinstance(meta.get("clara_config"), dict):
+        raise CheckpointError(f"{folder / 'config.json'} has no \"clara_config\" object")
     cfg_dict = dict(meta["clara_config"])
     if backbone is not None:
         cfg_dict["backbone"] = backbone
-    cfg_dict.update(overrides)
-    config = ClaraConfig.from_dict(cfg_dict)
+    try:
+        config = ClaraConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:  # an unknown or invalid field, written by hand or another version
+        raise CheckpointError(f"{folder / 'config.json'}: clara_config: {e}") from None
+    if overrides:  # the caller's own arguments: their errors name the argument, not the file
+        config = ClaraConfig.from_dict({**cfg_dict, **overrides})
     model = cls.from_backbone(config)
     problem = _fingerprint_mismatch(meta["backbone_fingerprint"], backbone_fingerprint(model))
     if problem:
