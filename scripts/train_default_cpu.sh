@@ -6,6 +6,9 @@
 #   bash scripts/train_default_cpu.sh            # RATIO=16: the shipped default
 #   RATIO=4 bash scripts/train_default_cpu.sh    # the ratio-4 lineage of sessions 23-30 (stages 1c-1e, 2, 3 below)
 #   RATIO=8 bash scripts/train_default_cpu.sh    # session 18's ratio-4 recipe at ratio 8, session 29 (not shipped)
+# Every lineage starts from the step-850 stage-1 weights that git history keeps (scripts/restore_checkpoint.sh);
+# STAGE1=scratch reruns stage 1a/b instead (hours), and for RATIO=4 STAGE1=restored skips stages 1c-1e by
+# restoring the weights they end at (session 31 rebuilt them bit for bit: docs/training.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATIO=${RATIO:-16}
@@ -14,12 +17,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} CLARA_CACHE=${CLARA_CACHE:-$HOME/.c
 cpu="batch_size=4 mixed_precision=no"
 # stage 1a/b: SCP at ratio 16 with the bag-of-words anchoring and the soft-token readout (the
 # real run started with 125 steps of the states readout, then switched: runs/scp_cpu ->
-# runs/scp16_soft; its 1500-step cosine schedule was stopped after step 1150, whose
-# checkpoint continued at ratio 4, and the ratio-16 default used step 850; a rerun that
-# goes to the end of the schedule is the closest equivalent, or stop it with MINUTES1)
-clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
-    model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
-stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_minutes stop
+# runs/scp16_soft; its 1500-step cosine schedule was stopped after step 1150, and the ratio-16
+# default and every later lineage used step 850, which git history keeps; with STAGE1=scratch a
+# rerun to the end of the schedule is the closest equivalent, or stop it with MINUTES1)
+if [ "${STAGE1:-}" = scratch ]; then
+    clara train scp -c configs/default/scp_cpu.yaml output_dir=runs/scp16_soft \
+        model.mem_readout=soft_tokens max_steps=1500 max_minutes=${MINUTES1:-0}
+    stage1=runs/scp16_soft/final  # written at the end of the schedule and on a max_minutes stop
+else
+    stage1=$(bash scripts/restore_checkpoint.sh scp16_soft_step850)
+fi
 # stages 2-3, either ratio (session 15): stage 2 also trains the compressor to rank (the question
 # encoded by the compressor, InfoNCE on the gold documents among all 10 of a question's paragraphs
 # and the batch's other documents; the compressor at 1e-3), and stage 3 keeps that ranking: the
@@ -31,11 +38,15 @@ if [ "$RATIO" = 4 ]; then
     # loss and oracle mixing, on three schedules (1c: 400 steps at 5e-4; 1d and 1e: 200 steps at 3e-4,
     # each a fresh cosine from the previous one's end, other seeds); stage 2 keeps the span loss, adds
     # reconstruction rehearsal and trains the compressor at 3e-4; stage 3 (125 steps) rehearses too
-    s1="model.compression_ratio=4 model.mem_readout=soft_tokens oracle_mix=0.5 span_weight=2.0 save_every=25"
-    clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4c $s1 lr=5e-4 max_steps=400 seed=1
-    clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4c/final output_dir=runs/scp4d $s1 lr=3e-4 max_steps=200 seed=2
-    clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4d/final output_dir=runs/scp4e $s1 lr=3e-4 max_steps=200 seed=3
-    stage1=runs/scp4e/final
+    if [ "${STAGE1:-}" = restored ]; then
+        stage1=$(bash scripts/restore_checkpoint.sh scp4_30e)
+    else
+        s1="$cpu model.compression_ratio=4 model.mem_readout=soft_tokens oracle_mix=0.5 span_weight=2.0 save_every=25"
+        clara train scp -c configs/default/scp_cpu.yaml init=$stage1 output_dir=runs/scp4_23 $s1 lr=5e-4 max_steps=400 seed=1
+        clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4_23/final output_dir=runs/scp4_24d $s1 lr=3e-4 max_steps=200 seed=2
+        clara train scp -c configs/default/scp_cpu.yaml init=runs/scp4_24d/final output_dir=runs/scp4_30e $s1 lr=3e-4 max_steps=200 seed=3
+        stage1=runs/scp4_30e/final
+    fi
     extra2="${extra2/adapter_lr.compressor=1e-3/adapter_lr.compressor=3e-4} recon_mix=0.5 span_weight=2.0"
     extra3="$extra3 recon_mix=0.5"
     STEPS3=${STEPS3:-125}
