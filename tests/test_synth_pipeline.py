@@ -224,6 +224,17 @@ def test_ctrl_c_finishes_the_documents_in_flight_and_drops_the_queued(tmp_path, 
     assert json.loads(summary_path(out).read_text())["new_documents"] == 1
 
 
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "scp.jsonl"
+    run_synth(DOCS, RuleTeacher(), out, SynthConfig(workers=1, limit=1), P)
+    run_synth(DOCS, RuleTeacher(), out, SynthConfig(workers=2, limit=1), P)  # workers and limit change no row
+    with pytest.raises(ValueError, match=r"max_doc_words: 400 -> 50"):
+        run_synth(DOCS, RuleTeacher(), out, SynthConfig(max_doc_words=50), P)
+    with pytest.raises(ValueError, match="the prompts"):
+        run_synth(DOCS, RuleTeacher(), out, SynthConfig(), Prompts(system="Be terse."))
+    assert done_ids(out) == {"d1", "d2"}  # the refused runs added nothing
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         SynthConfig(data_types=("qa", "summary"))

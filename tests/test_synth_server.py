@@ -106,6 +106,9 @@ def test_synth_cli_on_real_documents(server, tmp_path):
     assert summary["requests"] == sum(s["requests"] for s in logged.values())
     assert summary["kept"]["qa"] == sum(len(r["answers"]) for r in rows if r["data_type"] == "qa")
 
+    # a rerun with settings that change the rows is refused before any teacher call
+    refused = CliRunner().invoke(app, [*args[:-2], "--retries", "1", "--max-doc-words", "10"])
+    assert refused.exit_code == 2 and "max_doc_words: 400 -> 10" in " ".join(refused.output.split())
     # a rerun finds both documents done and asks the teacher nothing
     before = out.read_text()
     again = CliRunner().invoke(app, args)

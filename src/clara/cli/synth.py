@@ -46,7 +46,7 @@ def run(
     from tqdm import tqdm
 
     from ..data.corpus import read_corpus
-    from ..synth.pipeline import SynthConfig, done_ids, run_synth, summary_path
+    from ..synth.pipeline import SynthConfig, check_settings, done_ids, run_synth, summary_path
     from ..synth.prompts import load_prompts
     from ..synth.teacher import TeacherConfig, TeacherUnavailable, make_teacher
     from .index import fail
@@ -60,6 +60,11 @@ def run(
     tcfg = TeacherConfig(base_url=base_url, model=model, api_key=api_key, timeout=timeout, max_retries=retries,
                          json_mode=json_mode, device=device, dtype=dtype, batch_size=batch_size, threads=threads)
     prompt_set = load_prompts(prompts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_settings(out, cfg, prompt_set)  # before loading a teacher: a refused rerun should fail fast
+    except ValueError as e:
+        fail(e)
     done = done_ids(out) if out.exists() else set()
     # a cheap first pass over the corpus, for the progress bar's total
     todo = sum(1 for d in read_corpus(corpus) if d.id not in done)

@@ -19,6 +19,7 @@ either file, so a kill loses at most the documents in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -238,6 +239,34 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.name + ".summary.json")
 
 
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+#: SynthConfig fields that change what a document's rows are (workers, limit and the like do not)
+OUTPUT_SETTINGS = ("data_types", "max_rounds", "coverage", "max_tokens", "temperature", "judge_temperature",
+                   "max_doc_words", "min_paraphrase_ratio")
+
+
+def check_settings(out: Path, cfg: SynthConfig, prompts: Prompts) -> None:
+    """Record the settings a file is written with; a rerun with others would mix two kinds of rows."""
+    settings = {k: getattr(cfg, k) for k in OUTPUT_SETTINGS}
+    settings["data_types"] = list(cfg.data_types)
+    blob = json.dumps(asdict(prompts), sort_keys=True).encode("utf-8")
+    settings["prompts_sha256"] = hashlib.sha256(blob).hexdigest()
+    path = settings_path(out)
+    if not path.exists():
+        atomic_write_json(path, settings)
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in settings if old.get(k) != settings[k])
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed if k != "prompts_sha256")
+        detail += ", the prompts" if "prompts_sha256" in changed else ""
+        raise ValueError(f"{out} was written with other settings ({detail.strip(', ')}); rerun with the "
+                         f"recorded ones ({path}) or write to another --out")
+
+
 def _repair_tail(path: Path) -> None:
     """Cut an unterminated last line (a write torn by a kill) so appends start on a fresh line."""
     if not path.exists() or path.stat().st_size == 0:
@@ -337,6 +366,7 @@ def run_synth(
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in (out, log_path(out)):
         _repair_tail(path)
+    check_settings(out, cfg, prompts)
     out.touch()  # an output file exists even when every sample is rejected
     done = done_ids(out)
     summary = Summary()
