@@ -15,7 +15,7 @@ import pytest
 
 from clara.data.corpus import Document
 from clara.io import read_jsonl
-from clara.synth.pipeline import SynthConfig, done_ids, log_path, run_synth, summary_path
+from clara.synth.pipeline import SynthConfig, cut_words, done_ids, log_path, run_synth, summary_path
 from clara.synth.prompts import Prompts
 from clara.synth.teacher import TeacherRejected, TeacherUnavailable
 
@@ -240,3 +240,25 @@ def test_config_validation():
         SynthConfig(data_types=("qa", "summary"))
     with pytest.raises(ValueError):
         SynthConfig(max_rounds=0)
+
+
+def test_documents_are_cut_by_words_and_cjk_characters():
+    assert cut_words("one  two\nthree four", 3) == "one two three"
+    assert cut_words("one  two\nthree", 3) == "one  two\nthree"  # within the limit: untouched
+    # CJK text has no spaces: each character counts, else a whole document is one "word"
+    assert cut_words("東京は日本の首都です", 4) == "東京は日"
+    assert cut_words("Tokyo 東京は capital", 3) == "Tokyo 東京"
+
+
+def test_the_teacher_reads_the_cut_document(tmp_path):
+    seen = []
+
+    class Recording(RuleTeacher):
+        def complete(self, messages, max_tokens, temperature):
+            seen.append(messages[-1]["content"])
+            return super().complete(messages, max_tokens, temperature)
+
+    doc = Document("cjk", "東京は日本の首都です。" * 50, "東京")
+    run_synth([doc], Recording(), tmp_path / "out.jsonl", SynthConfig(max_doc_words=20, max_rounds=1), P)
+    body = seen[0].split("Document:\n", 1)[1].split("\n\n", 1)[0]
+    assert "東京は日本の首都です。" in body and len(body) < 60  # 20 characters kept of 550, not all

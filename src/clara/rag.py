@@ -117,7 +117,7 @@ class ClaraRAG:
         """Top-k documents for each question (a list of strings), best first."""
         questions = _question_list(questions)
         with self._lock:
-            return self._retrieve(list(questions), k or self.k)[0]
+            return self._retrieve(questions, k or self.k)[0]
 
     # ------------------------------------------------------------------ answering
     @property

@@ -38,7 +38,7 @@ def run(
     no_coverage: bool = typer.Option(False, "--no-coverage", help="Skip the coverage check (no supplementary questions)."),
     prompts: Optional[Path] = typer.Option(None, help="YAML/JSON file overriding prompt templates (see docs/synth.md)."),
     limit: Optional[int] = typer.Option(None, help="Process at most this many new documents."),
-    max_doc_words: int = typer.Option(400, help="Cut longer documents to this many words."),
+    max_doc_words: int = typer.Option(400, help="Cut longer documents to this many words (a CJK character counts as one)."),
     max_failed_docs: int = typer.Option(20, help="Stop after this many documents in a row fail (teacher down)."),
 ) -> None:
     """Generate verified SCP training rows for every document of CORPUS not yet in OUT."""

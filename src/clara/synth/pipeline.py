@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -53,7 +54,7 @@ class SynthConfig:
     judge_temperature: float = field(default=0.0, metadata={"help": "Temperature for verdicts (0: greedy)."})
     parse_retries: int = field(default=2, metadata={"help": "Re-asks after a malformed reply before it is counted."})
     workers: int = field(default=8, metadata={"help": "Documents in flight at once (server concurrency)."})
-    max_doc_words: int = field(default=400, metadata={"help": "Longer documents are cut to this many words."})
+    max_doc_words: int = field(default=400, metadata={"help": "Longer documents are cut to this many words (a CJK character counts as one)."})
     min_paraphrase_ratio: float = field(default=0.3, metadata={"help": "A paraphrase shorter than this share of the document's words is malformed."})
     limit: int | None = field(default=None, metadata={"help": "Stop after this many new documents."})
     max_failed_docs: int = field(default=20, metadata={"help": "Abort after this many documents in a row fail (teacher down)."})
@@ -79,13 +80,27 @@ class _Malformed(Exception):
     """A reply that stayed unparsable after every re-ask."""
 
 
+# a word: a run of non-space characters, except that each CJK ideograph, kana or hangul syllable
+# is a word of its own (those scripts do not separate words by spaces)
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+
+
+def cut_words(text: str, max_words: int) -> str:
+    """``text`` whole when it has at most ``max_words`` words, else its first ``max_words`` words
+    with whitespace runs collapsed to one space; a CJK character counts as one word."""
+    for i, word in enumerate(_WORD.finditer(text)):
+        if i == max_words:
+            return " ".join(text[: word.start()].split())
+    return text
+
+
 class _DocJob:
     """The state of one document through the rounds; a plain object so its steps read in order."""
 
     def __init__(self, doc: Document, teacher: Teacher, prompts: Prompts, cfg: SynthConfig) -> None:
         self.doc, self.teacher, self.prompts, self.cfg = doc, teacher, prompts, cfg
-        words = doc.full_text().split()
-        self.text = doc.full_text() if len(words) <= cfg.max_doc_words else " ".join(words[: cfg.max_doc_words])
+        self.text = cut_words(doc.full_text(), cfg.max_doc_words)
         self.stats: Counter[str] = Counter()
 
     def ask(self, prompt: str, parse: Callable[[str], Any], temperature: float, what: str) -> Any:
