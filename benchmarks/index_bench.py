@@ -471,7 +471,7 @@ def main() -> None:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--n", type=int, default=100_000, help="synthetic documents for `search`")
-    p.add_argument("--n-mem", type=int, default=8, help="memory tokens per synthetic document (shipped default: 8)")
+    p.add_argument("--n-mem", type=int, default=8, help="memory tokens per synthetic document (ratio 16: 8; the shipped ratio-4 default: 32)")
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--storage", default="float16", choices=["float16", "int8"])
     p.add_argument("--ann-dim", type=int, default=256)

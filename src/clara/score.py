@@ -7,7 +7,7 @@ compressor's). Two scores, picked by ``ClaraConfig.retrieval_score``:
   question meets only slot i of the document.
 - ``maxsim`` (late interaction, as in ColBERT): each question slot takes its best cosine
   over the document's slots, averaged over question slots. Nothing makes slot i of a
-  question line up with slot i of a document; on the shipped default's states this scores
+  question line up with slot i of a document; on the ratio-16 default's states (sessions 6-31) this scores
   Recall@5 74.0 against 60.0 for cosine with no training (benchmarks/retrieval_scoring.py).
 
 Both lie in [-1, 1], so the top-k temperature means the same under either. ``maxsim`` costs

@@ -11,7 +11,7 @@ projection drops (see AnnProjection); an IVF index (L2) over those vectors propo
 ``rerank * k`` candidates, and those are re-scored exactly. For unit vectors L2 distance
 ranks exactly like cosine and is translation invariant, so centring changes no ranking; it
 matters because CLaRa states share a mean direction (pairwise cosine of different documents
-is 0.66 for the shipped default, 0.9996 for its collapsed predecessor): uncentred, the first
+is 0.66 for the ratio-16 default of sessions 6-31, 0.9996 for its collapsed predecessor): uncentred, the first
 principal axis is spent on it. Rows added after the ANN was built are scanned exactly, so new documents are
 always found.
 
@@ -116,7 +116,7 @@ def rescore(index: MemoryIndex, queries: torch.Tensor, rows: torch.Tensor, score
 # ---------------------------------------------------------------------- approximate path
 ANN_KIND = "centred-pca-ivf-flat"  # + the discarded-norm coordinate (AnnProjection)
 ANN_KIND_SLOTS = "centred-pca-ivf-flat-slots"  # the same over single memory slots (max-sim)
-# of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the shipped default's
+# of ~1300 cells at 1M: recall@10 0.97 at ~8 ms/query on states shaped like the ratio-16 default's
 # (benchmarks/results/search_NOTES.md)
 DEFAULT_NPROBE = 128
 
