@@ -250,3 +250,17 @@ def test_clara_reader_on_gold_and_bm25_documents(tiny_checkpoints, tmp_path: Pat
     with torch.no_grad():
         expected = model.generate([ex.question], [model.compress([d.full_text() for d in gold])], max_new_tokens=4)[0]
     assert rows[("gold-clara", "hp1")]["prediction"] == expected
+
+
+def test_cli_names_the_checkpoint_with_model_as_other_commands_do(tiny_checkpoints, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from clara.cli import app
+
+    out = tmp_path / "run"
+    args = ["eval", str(FIX / "2wiki_dev.jsonl"), "--out", str(out), "--retrieval-only", "-s", "clara",
+            "-m", str(tiny_checkpoints[1]), "--limit", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "metrics.json").read_text())["systems"]["clara"]["info"]
+    assert info["compression_ratio"] == 8  # the checkpoint given (cr8), not the shipped one (ratio 4)

@@ -72,6 +72,7 @@ def test_inspect_cli(model: ClaraModel, tmp_path):
     assert all(len(s["tokens"]) == 3 for s in out["slots"])
     want = inspect_texts(model, ["Where is the Eiffel Tower?"], "query", 3)[0]
     assert [s["tokens"] for s in out["slots"]] == [s.tokens for s in want]
-    result = runner.invoke(app, ["inspect", "doc", DOCS[1], "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu"])
+    # --model / -m name the checkpoint too, as in `clara ask` and `clara index`
+    result = runner.invoke(app, ["inspect", "doc", DOCS[1], "-m", str(tmp_path / "ckpt"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "logit lens of the doc memory states" in result.output and "top 5" in result.output

@@ -170,7 +170,7 @@ def test_cli_ask_demo_builds_once_then_reuses(model, tmp_path):
     assert one["question"] == "Who was Teutberga?" and len(one["sources"]) == 5
     assert all(s["id"].startswith("2wiki-") for s in one["sources"])
     # the demo questions belong to the demo corpus: another index needs a question
-    r = _clara("ask", "--index", str(tmp_path / "my-index"), "--model", str(ckpt), cache=cache)
+    r = _clara("ask", "--index", str(tmp_path / "my-index"), "--checkpoint", str(ckpt), cache=cache)  # = --model
     assert r.returncode == 2 and "give a QUESTION" in r.stderr + r.stdout
 
 

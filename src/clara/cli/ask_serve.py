@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     def ask(
         question: Optional[str] = typer.Argument(None, help="The question (none: the demo questions)."),
         index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (none: the demo index)."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: Optional[str] = typer.Option(None, "--model", "-m", "--checkpoint", help=MODEL_HELP),
         k: int = typer.Option(5, "-k", min=1, help="Documents to read."),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer in tokens."),
         demo: bool = typer.Option(False, "--demo", help="Answer the 5 demo questions over the demo corpus."),
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (none: the demo index)."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+        model: Optional[str] = typer.Option(None, "--model", "-m", "--checkpoint", help=MODEL_HELP),
         host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
         port: int = typer.Option(8000, help="TCP port."),
         k: int = typer.Option(5, "-k", min=1, help="Default documents per question."),

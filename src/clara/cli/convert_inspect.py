@@ -62,7 +62,7 @@ def _inspect(kind: str, text: str, checkpoint: Optional[Path], backbone: Optiona
     console.print(table)
 
 
-_CHECKPOINT = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder (ours or Apple's); default: shipped.")
+_CHECKPOINT = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="Checkpoint folder (ours or Apple's); default: shipped.")
 _BACKBONE = typer.Option(None, "--backbone", help="Replace the checkpoint's backbone with this local folder.")
 _TOP_K = typer.Option(5, "--top-k", "-k", min=1, help="Tokens shown per memory state.")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")

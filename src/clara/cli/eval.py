@@ -19,7 +19,7 @@ def eval_command(
     data: Path = typer.Argument(..., help="QA file: HotpotQA, 2Wiki, MuSiQue, NQ-open, SQuAD or FlashRAG format."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run folder (reused to resume)."),
     checkpoint: list[str] = typer.Option(
-        ["default"], "--checkpoint", "-c", help="CLaRa checkpoint folder; repeat to compare several ('default' = shipped)."
+        ["default"], "--checkpoint", "-c", "--model", "-m", help="CLaRa checkpoint folder; repeat to compare several ('default' = shipped)."
     ),
     system: list[str] = typer.Option(
         ["clara", "closed-book", "full-text", "bm25", "minilm"], "--system", "-s",

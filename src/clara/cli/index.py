@@ -119,7 +119,7 @@ def _run_add(model: "ClaraModel", index, corpus: Path, batch_size: int, overlap:
 def build(
     corpus: Path = typer.Argument(..., help="Corpus: .jsonl, .json list, or a folder of .txt/.md files."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create (or resume)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", "--checkpoint", help=MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per compressor forward."),
     shard_size: int = typer.Option(4096, "--shard-size", help="Documents per committed shard."),
     int8: bool = typer.Option(False, "--int8", help="Store states as per-document int8 (half of fp16)."),
@@ -158,7 +158,7 @@ def build(
 def add(
     index_dir: Path = typer.Argument(..., help="Existing index folder."),
     corpus: Path = typer.Argument(..., help="Documents to add (same formats as build); known ids are skipped."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", "--checkpoint", help=MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per compressor forward."),
     overlap: int = typer.Option(32, "--chunk-overlap", help="Token overlap of chunks (folders; records with --chunk)."),
     chunk: bool = typer.Option(
@@ -227,7 +227,7 @@ def search(
     k: int = typer.Option(5, "-k", min=1, help="Documents to return."),
     ann: bool = typer.Option(False, "--ann", help="Use the approximate (FAISS) path."),
     nprobe: int = typer.Option(DEFAULT_NPROBE, "--nprobe", min=1, help="IVF cells visited by --ann (more: better recall, slower)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", "--checkpoint", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda:0, ..."),
 ) -> None:
