@@ -9,14 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: restore_checkpoint.sh NAME [OUT]}
-case "$name" in
-    scp16_soft_step850) rev=e646ca7 ;;  # the last commit whose tree holds checkpoints/scp16_soft_step850/
-    scp4_30e) rev=f7ddd88 ;;            # the commit whose tree holds checkpoints/scp4_30e/ (session 31)
-    default16) rev=ab701f5 ;;           # the last commit that shipped it (src/clara/checkpoints/default/)
+case "$name" in  # the commit whose tree holds the checkpoint, and its folder there
+    scp16_soft_step850) rev=e646ca7 src=checkpoints/$name ;;  # the last such commit
+    scp4_30e) rev=f7ddd88 src=checkpoints/$name ;;            # session 31
+    default16) rev=ab701f5 src=src/clara/checkpoints/default ;;  # the last commit that shipped it
     *) echo "unknown checkpoint '$name' (known: scp16_soft_step850, scp4_30e, default16)" >&2; exit 2 ;;
 esac
-src=checkpoints/$name
-[ "$name" = default16 ] && src=src/clara/checkpoints/default
 out=${2:-runs/$name}
 mkdir -p "$out"
 for f in config.json model.safetensors; do

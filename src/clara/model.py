@@ -572,8 +572,10 @@ class ClaraModel(nn.Module):
         an "<|im_end|>" typed in a question must not end the chat turn there."""
         tok = self.tokenizer
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        if not literal:  # training and scoring prompts: nothing typed by a user
+            return ids
         special = [t.content for t in tok.added_tokens_decoder.values() if t.special]
-        for i, text in enumerate(literal or ()):
+        for i, text in enumerate(literal):
             if not any(s in text for s in special):  # the common case: no token string to read as text
                 continue
             as_text = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
