@@ -13,6 +13,11 @@ document, so this also measures slot-order-free scores on the same states, with 
   slots on both sides: a low-ratio model (many narrow slots) scored like one with G times
   fewer, wider slots.
 
+- ``maxsim_filled`` (``--filled``): max-sim averaged only over the question slots whose span holds
+  a token. The anchoring loss gives slot i of a text with L tokens the tokens j with
+  ``j * n_mem // L == i``, so a question shorter than n_mem tokens (most, at ratio 4: 32 slots)
+  leaves slots with no target in stage 1; plain max-sim averages them in.
+
 - ``--vocab``: scores in the output head's vocabulary instead of the hidden space. Each slot's
   next-token distribution is what the soft-token readout shows the generator (a bag of its
   span's words under the anchoring loss), so a document (or question) becomes one bag, the
@@ -75,6 +80,12 @@ def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     return score(q.unsqueeze(0), docs, "maxsim")[0]  # ClaraConfig(retrieval_score="maxsim")
 
 
+def maxsim_any(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    """max-sim for a question with any number of slots: q (m, H), docs (n, M, H) -> (n,)."""
+    sims = F.normalize(docs.float(), dim=-1) @ F.normalize(q.float(), dim=-1).T  # (n, M, m)
+    return sims.amax(1).mean(-1)
+
+
 def pooled_maxsim(group: int) -> Score:
     def fn(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
         m, h = q.shape
@@ -83,6 +94,13 @@ def pooled_maxsim(group: int) -> Score:
         return maxsim(q.view(m // group, group, h).mean(1), docs.view(len(docs), m // group, group, h).mean(2))
 
     return fn
+
+
+def filled_slots(model: ClaraModel, question: str) -> list[int]:
+    """The question slots that the anchoring loss gives at least one token (clara.train.bow.span_targets)."""
+    n = model.config.n_mem
+    length = min(len(model.tokenizer(question, add_special_tokens=False).input_ids), model.config.query_max_len)
+    return sorted({j * n // length for j in range(length)}) if length else list(range(n))
 
 
 def vocab_bags(model: ClaraModel, states: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -119,6 +137,7 @@ def main() -> None:
                     help="also rank by the generator's loss reading each document alone: on the answer (the "
                          "default), the question (stage 1's question-writing task), both, or the plain backbone writing the question after the text (question_text; clara.train.e2e.candidate_losses)")
     ap.add_argument("--pool", type=int, default=0, help="also max-sim over groups of this many consecutive slots")
+    ap.add_argument("--filled", action="store_true", help="also max-sim over the question slots that hold a token")
     ap.add_argument("--vocab", action="store_true", help="also score bags of words in the output head's vocabulary")
     ap.add_argument("--data", type=Path, default=HOTPOT, help="QA dataset (any format clara reads)")
     ap.add_argument("--setting", choices=SETTINGS, default="oracle")
@@ -150,6 +169,11 @@ def main() -> None:
         enc: {name: recall_at(cands, golds, q, docs, fn, args.k) for name, fn in scores.items()}
         for enc, q in encoders.items()
     }
+    if args.filled:
+        keep = [filled_slots(model, q) for q in questions]
+        for enc, q in encoders.items():
+            table[enc]["maxsim_filled"] = recall_at(cands, golds, [s[i] for s, i in zip(q, keep)], docs, maxsim_any, args.k)
+        table["filled_slots_mean"] = round(sum(map(len, keep)) / len(keep), 1)
     if args.vocab:
         with torch.no_grad():
             pool = {i: s for ids, states in zip(cands, docs) for i, s in zip(ids, states)}  # each distinct document once
