@@ -59,7 +59,7 @@ from clara.data.qa import load_qa
 from clara.eval.metrics import mean, recall_at_k
 from clara.eval.retrievers import top_k
 from clara.eval.runner import SETTINGS, candidates
-from clara.score import score
+from clara.score import score, score_candidates
 from clara.train.e2e import TEACHERS, candidate_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,7 @@ def maxsim(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
 
 def maxsim_any(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     """max-sim for a question with any number of slots: q (m, H), docs (n, M, H) -> (n,)."""
-    sims = F.normalize(docs.float(), dim=-1) @ F.normalize(q.float(), dim=-1).T  # (n, M, m)
-    return sims.amax(1).mean(-1)
+    return score_candidates(q.unsqueeze(0), docs.unsqueeze(0), "maxsim")[0]  # allows m != M, unlike score()
 
 
 def pooled_maxsim(group: int) -> Score:

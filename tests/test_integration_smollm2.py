@@ -17,10 +17,24 @@ DOCS = [
     "Photosynthesis converts light energy into chemical energy stored in glucose.",
 ]
 
+
+def _offline(mp: pytest.MonkeyPatch) -> None:
+    mp.setenv("HF_HUB_OFFLINE", "1")  # any hub access would fail the test
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any hub access would fail the test
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    _offline(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ClaraModel:
+    """The shipped checkpoint, loaded once for the module (and offline: module fixtures set up before `offline`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _offline(mp)
+        return ClaraModel.from_pretrained(device="cpu")
+
 
 def test_default_backbone_compresses_and_generates():
     model = ClaraModel.from_backbone(ClaraConfig(device="cpu"))
@@ -37,11 +51,11 @@ def test_default_backbone_compresses_and_generates():
                                          [states[:0]], max_new_tokens=12, adapter=None)[0]
     assert "paris" in closed.lower() and "<|im_end|>" not in closed
 
-def test_shipped_checkpoint_loads_offline():
+def test_shipped_checkpoint_loads_offline(shipped):
     assert (default_checkpoint_dir() / "config.json").is_file()
     size = sum(p.stat().st_size for p in default_checkpoint_dir().iterdir())
     assert size <= 40 * 1024 * 1024
-    model = ClaraModel.from_pretrained(device="cpu")
+    model = shipped
     assert not any(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         states = model.compress(DOCS[:1])
@@ -70,11 +84,6 @@ PASSAGES = [
      "dance, a figure-eight movement whose angle points relative to the sun.",
      "How do honey bees tell others where flowers are?", "the waggle dance"),
 ]
-
-
-@pytest.fixture(scope="module")
-def shipped() -> ClaraModel:
-    return ClaraModel.from_pretrained(device="cpu")
 
 
 def test_shipped_checkpoint_ranks_each_question_s_passage_first(shipped):
